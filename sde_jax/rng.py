@@ -1,0 +1,39 @@
+"""Per-example random streams.
+
+Sample ``i`` of a job draws all of its randomness from ``fold_in(key, first_index + i)``, so a
+sample does not depend on the batch size, on how the batch is split over devices, or on which
+round of a long sampling job produced it.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def per_example_keys(key: Array, batch_size: int, first_index: int | Array = 0) -> Array:
+  """Keys ``fold_in(key, first_index + i)`` for ``i < batch_size``, shape (batch_size,)."""
+  index = first_index + jnp.arange(batch_size, dtype=jnp.uint32)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
+
+
+def fold_in_all(keys: Array, data: int | Array) -> Array:
+  """Folds the same ``data`` (e.g. a step index) into every per-example key."""
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
+
+
+def normal(keys: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+  """Standard normal draws of ``shape`` = (B, ...), example i from ``keys[i]``."""
+  return jax.vmap(lambda k: jax.random.normal(k, shape[1:], dtype))(keys)
+
+
+def rademacher(keys: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+  """Uniform +-1 draws of ``shape`` = (B, ...), example i from ``keys[i]``."""
+  return jax.vmap(lambda k: jax.random.rademacher(k, shape[1:], dtype))(keys)
+
+
+def uniform(keys: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+  """U[0, 1) draws of ``shape`` = (B, ...), example i from ``keys[i]``."""
+  return jax.vmap(lambda k: jax.random.uniform(k, shape[1:], dtype))(keys)
