@@ -237,7 +237,7 @@ class VPSDE(_LinearBetaSDE):
 
   def marginal_prob(self, x, t):
     lmc = self.log_mean_coeff(t)
-    return batch_mul(jnp.exp(lmc), x), jnp.sqrt(1.0 - jnp.exp(2.0 * lmc))
+    return batch_mul(jnp.exp(lmc), x), jnp.sqrt(-jnp.expm1(2.0 * lmc))
 
   def discretize(self, x, t):
     """DDPM chain: ``x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z``."""
@@ -261,12 +261,12 @@ class SubVPSDE(_LinearBetaSDE):
 
   def sde(self, x, t):
     beta_t = self.beta(t)
-    discount = 1.0 - jnp.exp(-2 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
+    discount = -jnp.expm1(-2 * self.beta_min * t - (self.beta_max - self.beta_min) * t**2)
     return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t * discount)
 
   def marginal_prob(self, x, t):
     lmc = self.log_mean_coeff(t)
-    return batch_mul(jnp.exp(lmc), x), 1.0 - jnp.exp(2.0 * lmc)
+    return batch_mul(jnp.exp(lmc), x), -jnp.expm1(2.0 * lmc)
 
 
 SDES = {'vesde': VESDE, 'vpsde': VPSDE, 'subvpsde': SubVPSDE}

@@ -1,0 +1,43 @@
+"""The ``sde-jax`` command: ``sde-jax COMMAND --config CONFIG --workdir DIR [--config.a.b=v]``.
+
+Flags only; each command calls one function.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and reports.')
+
+
+def _toy(config, workdir):
+  from sde_jax import toy
+  toy.run_toy(config, workdir)
+  print(open(f'{workdir}/report.md').read())
+
+
+COMMANDS = {'toy': _toy}
+
+
+def _main(argv):
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f'Usage: sde-jax COMMAND --config CONFIG --workdir DIR; got '
+                         f'{argv[1:]!r}; COMMAND is one of {sorted(COMMANDS)}.')
+  if FLAGS.config is None or FLAGS.workdir is None:
+    raise app.UsageError('--config and --workdir are required.')
+  logging.set_verbosity(logging.INFO)
+  COMMANDS[argv[1]](FLAGS.config, FLAGS.workdir)
+
+
+def main():
+  app.run(_main, argv=sys.argv)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,113 @@
+"""Predictor-corrector sampling (Song et al., ICLR 2021, Algorithm 1): one ``lax.scan`` over N steps.
+
+Randomness: example i of a call with ``first_index`` draws everything from
+``k_i = fold_in(key, first_index + i)`` (:func:`sde_jax.rng.per_example_keys`): the prior from
+``fold_in(k_i, PRIOR)``, the corrector and predictor of step n from
+``fold_in(fold_in(k_i, stage), n)``. A sample therefore does not depend on the batch size or on
+which call of a long job produced it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from sde_jax import rng
+from sde_jax.sampling.correctors import CORRECTORS
+from sde_jax.sampling.predictors import PREDICTORS
+from sde_jax.sde import SDE
+
+Array = jax.Array
+# score_fn(params, x, t) -> score; the samplers bind params themselves.
+ParamScoreFn = Callable[[Any, Array, Array], Array]
+
+# Stage ids folded into the per-example keys, so that no two stages share a random stream.
+PRIOR, CORRECTOR, PREDICTOR = 0, 1, 2
+
+
+def check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Returns ``shape`` as a tuple of ints after checking it is ``(B, ...)`` with ``B > 0``."""
+  shape = tuple(int(s) for s in shape)
+  if len(shape) < 2 or shape[0] <= 0 or min(shape) <= 0:
+    raise ValueError(f'shape={shape} must be (batch, ...) with a positive batch size and '
+                     'positive sizes, at least 2 axes.')
+  return shape
+
+
+def lookup(table: Mapping[str, Callable], name: str, what: str) -> Callable:
+  """``table[name]``, or a ValueError that names the bad value and the valid choices."""
+  if name not in table:
+    raise ValueError(f'{what}={name!r} is not known; expected one of {sorted(table)}.')
+  return table[name]
+
+
+def prior_sample(sde: SDE, keys: Array, shape: tuple[int, ...]) -> Array:
+  """Draws ``x_T ~ p_T`` of ``shape``, example i from ``fold_in(keys[i], PRIOR)``."""
+  keys = rng.fold_in_all(keys, PRIOR)
+  return jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(keys)
+
+
+def get_pc_sampler(sde: SDE, shape: tuple[int, ...], predictor: str = 'reverse_diffusion',
+                   corrector: str = 'langevin', snr: float = 0.16, n_steps: int = 1,
+                   probability_flow: bool = False, denoise: bool = True, eps: float = 1e-3):
+  """Builds a predictor-corrector sampler.
+
+  From ``x ~ p_T`` and for each ``t`` of ``linspace(T, eps, N)``: ``x <- corrector(x, t)``, then
+  ``x <- predictor(x, t)``.
+
+  Args:
+    sde: the forward SDE; ``sde.N`` is the number of steps.
+    shape: ``(B, ...)``, the shape of one batch of samples.
+    predictor: a name in :data:`PREDICTORS`.
+    corrector: a name in :data:`CORRECTORS`.
+    snr: signal-to-noise ratio of the Langevin correctors.
+    n_steps: corrector steps per time step.
+    probability_flow: predict with the probability-flow ODE instead of the reverse SDE.
+    denoise: return ``x_mean`` of the last step (the last update without its noise).
+    eps: the last time of the grid (the reverse process stops at eps, not 0).
+
+  Returns:
+    ``sampler(key, score_fn, params, first_index=0) -> (x, nfe)``: ``score_fn(params, x, t)``
+    is jitted as a static argument, so new params or keys reuse the compiled program. ``x`` is in
+    model space (no inverse scaler); ``nfe = N (predictor evals + n_steps corrector evals)``
+    is the number of score evaluations spent, a Python int.
+
+  Raises:
+    ValueError: for unknown names, a predictor undefined for ``sde``, no predictor and no
+      corrector, or a bad shape.
+  """
+  shape = check_shape(shape)
+  pred = lookup(PREDICTORS, predictor, 'predictor')(sde, probability_flow)
+  corr = lookup(CORRECTORS, corrector, 'corrector')(sde, snr, n_steps)
+  nfe = sde.N * (pred.evals + corr.evals)
+  if nfe == 0:
+    raise ValueError("predictor='none' with corrector='none' never evaluates the score and "
+                     'returns the prior; choose at least one.')
+
+  def sample(key, score_fn, params, first_index):
+    score = functools.partial(score_fn, params)
+    keys = rng.per_example_keys(key, shape[0], jnp.asarray(first_index).astype(jnp.uint32))
+    corr_keys = rng.fold_in_all(keys, CORRECTOR)
+    pred_keys = rng.fold_in_all(keys, PREDICTOR)
+    times = jnp.linspace(sde.T, eps, sde.N)
+
+    def step(carry, n):
+      x, _ = carry
+      t = jnp.full(shape[:1], times[n])
+      x, _ = corr.update(score, rng.fold_in_all(corr_keys, n), x, t)
+      return pred.update(score, rng.fold_in_all(pred_keys, n), x, t), None
+
+    x = prior_sample(sde, keys, shape)
+    (x, x_mean), _ = jax.lax.scan(step, (x, x), jnp.arange(sde.N))
+    return x_mean if denoise else x
+
+  compiled = jax.jit(sample, static_argnums=1)
+
+  def sampler(key: Array, score_fn: ParamScoreFn, params: Any,
+              first_index: int | Array = 0) -> tuple[Array, int]:
+    return compiled(key, score_fn, params, first_index), nfe
+
+  return sampler
