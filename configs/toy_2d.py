@@ -40,7 +40,7 @@ def get_config():
 
   config.model = model = ml_collections.ConfigDict()
   model.name = 'mlp'
-  model.features = (256, 256, 256)
+  model.features = (128, 128, 128)
   model.embedding_type = 'positional'
   model.embedding_dim = 64
   model.fourier_scale = 16.0
