@@ -22,8 +22,8 @@ def get_config():
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.method = 'pc'
-  sampling.predictor = 'reverse_diffusion'
-  sampling.corrector = 'langevin'
+  sampling.predictor = 'euler_maruyama'
+  sampling.corrector = 'none'
   sampling.snr = 0.16
   sampling.n_steps_each = 1
   sampling.noise_removal = True
@@ -45,7 +45,7 @@ def get_config():
   model.embedding_dim = 64
   model.fourier_scale = 16.0
   model.scale_by_sigma = False
-  model.ema_rate = 0.999
+  model.ema_rate = 0.99
   model.sigma_min = 0.01
   model.sigma_max = 5.0
   model.beta_min = 0.1

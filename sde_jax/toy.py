@@ -55,7 +55,7 @@ def make_train_step(loss_fn, optimizer, ema_rate: float):
     ema = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1 - ema_rate) * p,
                                  state.params_ema, params)
     new_state = ToyState(state.step + 1, params, opt_state, ema)
-    return new_state, {'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
 
   return train_step
 
