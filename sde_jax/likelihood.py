@@ -80,6 +80,19 @@ def _probability_flow_drift(sde: SDE, score_fn_xt) -> Callable[[Array, Array], A
   return lambda x, t: flow.sde(x, t)[0]
 
 
+def _augmented_vector_field(drift_fn, probe: Array | None):
+  """``(t, (x, delta_logp)) -> (f~, div f~)`` at ``(x, t)``; the exact divergence if no probe."""
+
+  def vector_field(t, state):
+    x, _ = state
+    drift_at_t = lambda y: drift_fn(y, jnp.full((y.shape[0],), t, y.dtype))
+    if probe is None:
+      return exact_divergence(drift_at_t, x)
+    return hutchinson_divergence(drift_at_t, x, probe)
+
+  return vector_field
+
+
 def _probe(draw, key: Array, data: Array, epsilon: Array | None, first_index) -> Array:
   """The Hutchinson probe: ``epsilon`` if given, else one draw per example from ``key``."""
   if epsilon is None:
@@ -140,29 +153,30 @@ def get_likelihood_fn(sde: SDE, inverse_scaler: Callable, hutchinson_type: str =
       raise ValueError('epsilon is the Hutchinson probe; exact_trace=True takes none.')
     drift_fn = _probability_flow_drift(sde, functools.partial(score_fn, params))
     probe = None if exact_trace else _probe(draw, key, data, epsilon, first_index)
-
-    def vector_field(t, state):
-      x, _ = state
-      drift_at_t = lambda y: drift_fn(y, jnp.full((y.shape[0],), t, y.dtype))
-      if exact_trace:
-        return exact_divergence(drift_at_t, x)
-      return hutchinson_divergence(drift_at_t, x, probe)
-
+    vector_field = _augmented_vector_field(drift_fn, probe)
     state0 = (data, jnp.zeros((data.shape[0],), data.dtype))
     (z, delta_logp), nfe = odeint.integrate(vector_field, state0, eps, sde.T, rtol=rtol,
                                             atol=atol, solver=solver)
     logp = sde.prior_logp(z) + delta_logp
     return bits_per_dim(logp, int(np.prod(data.shape[1:])), offset), z, nfe
 
-  return jax.jit(likelihood_fn, static_argnames=('score_fn',))
+  jitted = jax.jit(likelihood_fn, static_argnums=(1,))
+
+  @functools.wraps(likelihood_fn)
+  def call(key, score_fn, params, data, epsilon=None, first_index=0):
+    # Positional arguments and an array index: jit keys its cache on how arguments are passed
+    # and on Python scalars' weak types, and neither should cost a second compilation.
+    return jitted(key, score_fn, params, data, epsilon, jnp.asarray(first_index, jnp.uint32))
+
+  return call
 
 
 def uniform_dequantize(key: Array, data01: Array, first_index: int | Array = 0) -> Array:
   """Uniform dequantization of 8-bit data: ``y = (255 x + u) / 256``, ``u ~ U[0, 1)^D``.
 
-  ``x = k / 255`` (``k`` in 0..255) lands uniformly in the bin ``[k / 256, (k + 1) / 256)``, so a
-  density on [0, 1]^D evaluated at ``y`` is a lower bound (Jensen) on the log-probability of the
-  discrete image, ``log P(k) >= E_u[log p(y)] - D log 256``; the bits/dim offset of
+  ``x = k / 255`` (``k`` in 0..255) lands uniformly in the bin ``[k / 256, (k + 1) / 256)``, so
+  for a density ``p`` on [0, 1]^D, Jensen's inequality bounds the discrete model
+  ``P(k) = int_bin p``: ``log P(k) >= E_u[log p(y)] - D log 256``; the bits/dim offset of
   :func:`get_likelihood_fn` supplies the ``log 256``. Example i draws from
   ``fold_in(key, first_index + i)``, independently of the batch it is in.
 

@@ -80,7 +80,7 @@ class GaussianMixture:
     means = m[:, None, None] * jnp.asarray(self.means, jnp.float32)[None]
     eye = jnp.eye(self.dim, dtype=jnp.float32)
     covs = (m[:, None, None, None]**2 * jnp.asarray(self.covs, jnp.float32)[None]
-            + s[:, None, None, None]**2 * eye)
+            + s[:, None, None, None]**2 * eye[None, None])
     return means, covs
 
   def _log_components(self, name, x, t):
@@ -90,7 +90,7 @@ class GaussianMixture:
     maha = jnp.einsum('bki,bkij,bkj->bk', diff, prec, diff)
     _, logdet = jnp.linalg.slogdet(covs)
     logw = jnp.log(jnp.asarray(self.weights, jnp.float32))
-    return logw - 0.5 * (maha + logdet + self.dim * jnp.log(2 * jnp.pi)), diff, prec
+    return logw[None] - 0.5 * (maha + logdet + self.dim * jnp.log(2 * jnp.pi)), diff, prec
 
   def log_prob_t(self, name: str, x, t):
     """log p_t(x) for x of shape (B, d), t of shape (B,)."""
