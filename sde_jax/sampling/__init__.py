@@ -1,4 +1,5 @@
-"""Samplers of the reverse process: predictor-corrector (``'pc'``) and probability-flow ODE (``'ode'``).
+"""Samplers of the reverse process: predictor-corrector (``'pc'``) and probability-flow ODE
+(``'ode'``).
 
 Every sampler is ``sampler(key, score_fn, params, ...) -> (x, nfe)`` with ``x`` in model space
 and ``nfe`` the number of score evaluations spent. See ``docs/sampling.md``.
