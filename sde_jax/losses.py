@@ -79,6 +79,27 @@ def _level_times(sde: sde_lib.SDE, levels: Array) -> Array:
   return (levels.astype(jnp.float32) + 1e-3) * sde.T / (sde.N - 1)
 
 
+def _discrete_loss_fn(sde: sde_lib.SDE, score_fn: TrainScoreFn, reduce_mean: bool,
+                      kernel: Callable[[Array], tuple[Array, Array]]) -> LossFn:
+  """``|| std_i s(m_i x + std_i z, t_i) + z ||^2`` at a level i drawn uniformly from the N levels.
+
+  ``kernel(levels) -> (m_i, std_i)`` gives the discrete chain's perturbation kernel.
+  """
+  reduce = _reducer(reduce_mean)
+
+  def loss_fn(params, key, batch):
+    k_t, k_z, k_model = _split(key, batch.shape[0])
+    levels = jax.vmap(lambda k: jax.random.randint(k, (), 0, sde.N))(k_t)
+    mean_scale, std = kernel(levels)
+    z = rng.normal(k_z, batch.shape)
+    noisy = batch_mul(mean_scale, batch) + batch_mul(std, z)
+    score = score_fn(params, noisy, _level_times(sde, levels), k_model)
+    losses = reduce(jnp.square(batch_mul(std, score) + z))
+    return jnp.mean(losses), {'per_example': losses, 'level': levels}
+
+  return loss_fn
+
+
 def get_smld_loss_fn(sde: sde_lib.VESDE, score_fn: TrainScoreFn,
                      reduce_mean: bool = False) -> LossFn:
   """SMLD / NCSN loss: ``sigma_i^2 || s(x + sigma_i z, sigma_i) + z / sigma_i ||^2``, i uniform.
@@ -88,18 +109,9 @@ def get_smld_loss_fn(sde: sde_lib.VESDE, score_fn: TrainScoreFn,
   """
   if not isinstance(sde, sde_lib.VESDE):
     raise ValueError(f'The SMLD loss needs a VESDE, got {type(sde).__name__}.')
-  reduce = _reducer(reduce_mean)
-
-  def loss_fn(params, key, batch):
-    k_t, k_z, k_model = _split(key, batch.shape[0])
-    levels = jax.vmap(lambda k: jax.random.randint(k, (), 0, sde.N))(k_t)
-    sigma = sde.discrete_sigmas[levels]
-    z = rng.normal(k_z, batch.shape)
-    score = score_fn(params, batch + batch_mul(sigma, z), _level_times(sde, levels), k_model)
-    losses = reduce(jnp.square(batch_mul(sigma, score) + z))
-    return jnp.mean(losses), {'per_example': losses, 'level': levels}
-
-  return loss_fn
+  sigmas = sde.discrete_sigmas
+  return _discrete_loss_fn(sde, score_fn, reduce_mean,
+                           lambda i: (jnp.ones_like(sigmas[i]), sigmas[i]))
 
 
 def get_ddpm_loss_fn(sde: sde_lib.VPSDE, score_fn: TrainScoreFn,
@@ -111,19 +123,9 @@ def get_ddpm_loss_fn(sde: sde_lib.VPSDE, score_fn: TrainScoreFn,
   """
   if type(sde) is not sde_lib.VPSDE:
     raise ValueError(f'The DDPM loss needs a VPSDE, got {type(sde).__name__}.')
-  reduce = _reducer(reduce_mean)
-
-  def loss_fn(params, key, batch):
-    k_t, k_z, k_model = _split(key, batch.shape[0])
-    levels = jax.vmap(lambda k: jax.random.randint(k, (), 0, sde.N))(k_t)
-    std = sde.sqrt_1m_alphas_cumprod[levels]
-    z = rng.normal(k_z, batch.shape)
-    noisy = batch_mul(sde.sqrt_alphas_cumprod[levels], batch) + batch_mul(std, z)
-    score = score_fn(params, noisy, _level_times(sde, levels), k_model)
-    losses = reduce(jnp.square(batch_mul(std, score) + z))
-    return jnp.mean(losses), {'per_example': losses, 'level': levels}
-
-  return loss_fn
+  return _discrete_loss_fn(
+      sde, score_fn, reduce_mean,
+      lambda i: (sde.sqrt_alphas_cumprod[i], sde.sqrt_1m_alphas_cumprod[i]))
 
 
 def make_loss_fn(sde: sde_lib.SDE, score_fn: TrainScoreFn, *, continuous: bool = True,

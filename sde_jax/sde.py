@@ -178,11 +178,14 @@ class VESDE(SDE):
     return sigmas[i], jnp.where(i == 0, 0.0, sigmas[jnp.maximum(i - 1, 0)])
 
 
+@struct.dataclass
 class _LinearBetaSDE(SDE):
   """Shared parts of VP and sub-VP: ``beta(t)`` linear in t, the DDPM discrete tables."""
 
-  beta_min: float
-  beta_max: float
+  beta_min: float = 0.1
+  beta_max: float = 20.0
+  N: int = struct.field(pytree_node=False, default=1000)
+  T: float = struct.field(pytree_node=False, default=1.0)
 
   def beta(self, t: Array) -> Array:
     return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -226,11 +229,6 @@ class _LinearBetaSDE(SDE):
 class VPSDE(_LinearBetaSDE):
   """Variance-preserving SDE, the continuous limit of DDPM."""
 
-  beta_min: float = 0.1
-  beta_max: float = 20.0
-  N: int = struct.field(pytree_node=False, default=1000)
-  T: float = struct.field(pytree_node=False, default=1.0)
-
   def sde(self, x, t):
     beta_t = self.beta(t)
     return batch_mul(-0.5 * beta_t, x), jnp.sqrt(beta_t)
@@ -253,11 +251,6 @@ class SubVPSDE(_LinearBetaSDE):
   Uses Euler–Maruyama for ``discretize``; the DDPM tables (``alphas``) are those of the VP SDE
   with the same betas, which the Langevin correctors use for their step size.
   """
-
-  beta_min: float = 0.1
-  beta_max: float = 20.0
-  N: int = struct.field(pytree_node=False, default=1000)
-  T: float = struct.field(pytree_node=False, default=1.0)
 
   def sde(self, x, t):
     beta_t = self.beta(t)

@@ -12,30 +12,20 @@ and sub-VP, 1 for VE) follow the original code.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from sde_jax import rng
-from sde_jax.sde import SDE, ScoreFn, batch_mul
+from sde_jax.sampling.predictors import SamplerStep, Update
+from sde_jax.sde import SDE, batch_mul
 
 Array = jax.Array
-Update = Callable[[ScoreFn, Array, Array, Array], tuple[Array, Array]]
 # (x, t, grad, noise) -> per-example step size eps, shape (B,)
 StepSize = Callable[[Array, Array, Array, Array], Array]
-
-
-class Corrector(NamedTuple):
-  """A corrector and its cost.
-
-  Attributes:
-    update: ``(score_fn, keys, x, t) -> (x, x_mean)``.
-    evals: score evaluations spent by one call of ``update``.
-  """
-
-  update: Update
-  evals: int
+# A corrector: ``update(score_fn, keys, x, t) -> (x, x_mean)`` and its score evaluations.
+Corrector = SamplerStep
 
 
 def _norm(x: Array) -> Array:

@@ -23,8 +23,8 @@ Array = jax.Array
 Update = Callable[[ScoreFn, Array, Array, Array], tuple[Array, Array]]
 
 
-class Predictor(NamedTuple):
-  """A predictor step and its cost.
+class SamplerStep(NamedTuple):
+  """A predictor or corrector update and its cost.
 
   Attributes:
     update: ``(score_fn, keys, x, t) -> (x, x_mean)``.
@@ -33,6 +33,9 @@ class Predictor(NamedTuple):
 
   update: Update
   evals: int
+
+
+Predictor = SamplerStep
 
 
 def _noise(keys: Array, x: Array) -> Array:
