@@ -23,15 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_jax import odeint, rng
-from sde_jax.sde import SDE
+from sde_jax.sde import SDE, sum_except_batch
 
 Array = jax.Array
 # Draws of the Hutchinson probe v, example i from keys[i]: (keys, shape, dtype) -> v.
 HUTCHINSON_NOISE = {'rademacher': rng.rademacher, 'gaussian': rng.normal}
-
-
-def _sum_except_batch(x: Array) -> Array:
-  return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
 def hutchinson_divergence(fn: Callable[[Array], Array], x: Array,
@@ -52,7 +48,7 @@ def hutchinson_divergence(fn: Callable[[Array], Array], x: Array,
     ``(fn(x), estimate)`` with ``estimate`` of shape (B,).
   """
   value, jv = jax.jvp(fn, (x,), (v,))
-  return value, _sum_except_batch(jv * v)
+  return value, sum_except_batch(jv * v)
 
 
 def exact_divergence(fn: Callable[[Array], Array], x: Array) -> tuple[Array, Array]:

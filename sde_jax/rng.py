@@ -14,8 +14,11 @@ Array = jax.Array
 
 
 def per_example_keys(key: Array, batch_size: int, first_index: int | Array = 0) -> Array:
-  """Keys ``fold_in(key, first_index + i)`` for ``i < batch_size``, shape (batch_size,)."""
-  index = first_index + jnp.arange(batch_size, dtype=jnp.uint32)
+  """Keys ``fold_in(key, first_index + i)`` for ``i < batch_size``, shape (batch_size,).
+
+  ``first_index`` may be a Python int or a traced array of any integer type.
+  """
+  index = jnp.asarray(first_index).astype(jnp.uint32) + jnp.arange(batch_size, dtype=jnp.uint32)
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, index)
 
 

@@ -34,7 +34,8 @@ def batch_mul(a: Array, x: Array) -> Array:
   return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) * x
 
 
-def _sum_except_batch(x: Array) -> Array:
+def sum_except_batch(x: Array) -> Array:
+  """Sums each example over all but the batch axis, shape (B,)."""
   return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
@@ -42,7 +43,7 @@ def _standard_normal_logp(z: Array, scale: float) -> Array:
   """log N(z; 0, scale^2 I), summed over all but the batch axis."""
   dim = np.prod(z.shape[1:])
   return (-0.5 * dim * jnp.log(2 * np.pi * scale**2)
-          - _sum_except_batch(z**2) / (2 * scale**2))
+          - sum_except_batch(z**2) / (2 * scale**2))
 
 
 class SDE(abc.ABC):

@@ -11,7 +11,7 @@ import inspect
 
 from sde_jax.sampling.correctors import CORRECTORS
 from sde_jax.sampling.ode import get_ode_sampler
-from sde_jax.sampling.pc import get_pc_sampler
+from sde_jax.sampling.pc import get_pc_sampler, lookup
 from sde_jax.sampling.predictors import PREDICTORS
 from sde_jax.sde import SDE, VESDE
 
@@ -28,9 +28,7 @@ def get_sampler(method: str, sde: SDE, shape: tuple[int, ...], **options):
     ValueError: for an unknown method.
     TypeError: for an option the method does not take (all of them named).
   """
-  if method not in SAMPLERS:
-    raise ValueError(f'method={method!r} is not known; expected one of {sorted(SAMPLERS)}.')
-  factory = SAMPLERS[method]
+  factory = lookup(SAMPLERS, method, 'method')
   valid = [p for p in inspect.signature(factory).parameters if p not in ('sde', 'shape')]
   unknown = sorted(set(options) - set(valid))
   if unknown:

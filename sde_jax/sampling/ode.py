@@ -50,7 +50,7 @@ def get_ode_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 1e-5, atol: 
 
   def sample(key, score_fn, params, z, first_index):
     score = functools.partial(score_fn, params)
-    keys = rng.per_example_keys(key, shape[0], jnp.asarray(first_index).astype(jnp.uint32))
+    keys = rng.per_example_keys(key, shape[0], first_index)
     x = prior_sample(sde, keys, shape) if z is None else z
     x, nfe = odeint.integrate(_flow(sde, score, shape[0]), x, sde.T, eps, rtol=rtol, atol=atol,
                               solver=solver)

@@ -100,7 +100,7 @@ def get_pc_sampler(sde: SDE, shape: tuple[int, ...], predictor: str = 'reverse_d
 
   def sample(key, score_fn, params, first_index):
     score = functools.partial(score_fn, params)
-    keys = rng.per_example_keys(key, shape[0], jnp.asarray(first_index).astype(jnp.uint32))
+    keys = rng.per_example_keys(key, shape[0], first_index)
     corr_keys = rng.fold_in_all(keys, CORRECTOR)
     pred_keys = rng.fold_in_all(keys, PREDICTOR)
     times = jnp.linspace(sde.T, eps, sde.N)
