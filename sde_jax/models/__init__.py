@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from sde_jax import sde as sde_lib
 from sde_jax.models.mlp import MLP
+from sde_jax.models.ncsnpp import NCSNpp
 from sde_jax.sde import batch_mul
 
 Array = jax.Array
@@ -26,7 +27,32 @@ def _mlp(config):
              scale_by_sigma=m.scale_by_sigma)
 
 
-MODELS: dict[str, Callable] = {'mlp': _mlp}
+_NCSNPP_FIELDS = ('nf', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'dropout',
+                  'resamp_with_conv', 'conditional', 'fir', 'fir_kernel', 'skip_rescale',
+                  'resblock_type', 'progressive', 'progressive_input', 'progressive_combine',
+                  'attention_type', 'init_scale', 'embedding_type', 'fourier_scale',
+                  'scale_by_sigma', 'nonlinearity', 'conv_size', 'sigma_min', 'sigma_max',
+                  'num_scales')
+
+
+def _ncsnpp(config):
+  m = config.model
+  missing = [f for f in _NCSNPP_FIELDS if f not in m]
+  if missing:
+    raise ValueError(f'config.model lacks {missing}, which model.name=\'ncsnpp\' needs.')
+  kwargs = {f: m[f] for f in _NCSNPP_FIELDS}
+  for f in ('resblock_type', 'progressive', 'progressive_input', 'progressive_combine',
+            'embedding_type', 'attention_type'):
+    kwargs[f] = kwargs[f].lower()
+  for f in ('ch_mult', 'attn_resolutions', 'fir_kernel'):
+    kwargs[f] = tuple(kwargs[f])
+  if kwargs['embedding_type'] == 'fourier' and not config.training.continuous:
+    raise ValueError("model.embedding_type='fourier' needs training.continuous=True: its labels "
+                     'are noise levels, not discrete indices.')
+  return NCSNpp(centered=config.data.centered, **kwargs)
+
+
+MODELS: dict[str, Callable] = {'mlp': _mlp, 'ncsnpp': _ncsnpp}
 
 
 def get_model(config):
@@ -80,4 +106,4 @@ def get_score_fn(sde: sde_lib.SDE, model, continuous: bool = True, train: bool =
   return score_fn
 
 
-__all__ = ['MLP', 'MODELS', 'get_model', 'get_score_fn', 'init_params']
+__all__ = ['MLP', 'MODELS', 'NCSNpp', 'get_model', 'get_score_fn', 'init_params']

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -36,3 +37,68 @@ class GaussianFourierProjection(nn.Module):
     w = jax.lax.stop_gradient(w)
     proj = x[:, None] * w[None, :] * 2 * jnp.pi
     return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
+
+
+ACTIVATIONS = {
+    'elu': nn.elu,
+    'relu': nn.relu,
+    'lrelu': functools.partial(nn.leaky_relu, negative_slope=0.2),
+    'swish': nn.swish,
+}
+
+
+def get_act(name: str):
+  """The activation called ``name`` (case-insensitive): elu, relu, lrelu (slope 0.2), swish."""
+  key = name.lower()
+  if key not in ACTIVATIONS:
+    raise ValueError(f'model.nonlinearity={name!r} is not known; expected one of '
+                     f'{sorted(ACTIVATIONS)}.')
+  return ACTIVATIONS[key]
+
+
+def default_init(scale: float = 1.0):
+  """DDPM's initialiser: uniform variance scaling over ``fan_avg``; scale 0 means 1e-10."""
+  return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, 'fan_avg', 'uniform')
+
+
+def conv(x: jax.Array, features: int, kernel: int = 3, stride: int = 1, bias: bool = True,
+         init_scale: float = 1.0) -> jax.Array:
+  """A 'SAME'-padded ``nn.Conv`` with DDPM initialisation (zero bias), created in the caller.
+
+  Called inside a compact module, it creates one ``Conv_k`` submodule, which is how the original
+  networks name their convolutions. With stride 2 and an even size, 'SAME' pads one pixel at the
+  bottom/right only, as the PyTorch port does explicitly.
+  """
+  return nn.Conv(features, kernel_size=(kernel, kernel), strides=(stride, stride), padding='SAME',
+                 use_bias=bias, kernel_init=default_init(init_scale),
+                 bias_init=nn.initializers.zeros)(x)
+
+
+conv3x3 = functools.partial(conv, kernel=3)
+conv1x1 = functools.partial(conv, kernel=1)
+
+
+class NIN(nn.Module):
+  """Network-in-network: a dense layer over the channel axis, ``y = x W + b``."""
+
+  num_units: int
+  init_scale: float = 0.1
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    w = self.param('W', default_init(self.init_scale), (x.shape[-1], self.num_units))
+    b = self.param('b', nn.initializers.zeros, (self.num_units,))
+    return jnp.tensordot(x, w, axes=1) + b
+
+
+def self_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """Single-head attention over all ``H W`` positions: ``softmax(q k^T / sqrt(C)) v`` (NHWC)."""
+  b, h, w, c = q.shape
+  logits = jnp.einsum('bhwc,bHWc->bhwHW', q, k) * (c ** -0.5)
+  weights = jax.nn.softmax(logits.reshape(b, h, w, h * w), axis=-1).reshape(b, h, w, h, w)
+  return jnp.einsum('bhwHW,bHWc->bhwc', weights, v)
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+  """The networks' GroupNorm: ``min(C // 4, 32)`` groups, epsilon 1e-6."""
+  return nn.GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6)

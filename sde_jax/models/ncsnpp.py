@@ -1,0 +1,323 @@
+"""NCSN++ and DDPM++ (Song et al. 2021, section H): one U-Net with every knob of the paper.
+
+DDPM++ is this module with ``resblock_type='biggan'``, positional embeddings, no FIR and no
+progressive growing; NCSN++ adds FIR resampling, the input pyramid and Fourier features of
+log sigma. Submodule class names and creation order follow the original score_sde code, so that
+Flax's automatic names (``ResnetBlockBigGANpp_3/Conv_1/kernel`` ...) equal those of the
+original checkpoints, and the order equals that of the PyTorch port's ``all_modules``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sde_jax.models import resample
+from sde_jax.models.layers import (NIN, GaussianFourierProjection, conv1x1, conv3x3,
+                                   default_init, get_act, group_norm, self_attention,
+                                   timestep_embedding)
+
+Array = jax.Array
+
+CHOICES = {
+    'resblock_type': ('ddpm', 'biggan'),
+    'progressive': ('none', 'output_skip', 'residual'),
+    'progressive_input': ('none', 'input_skip', 'residual'),
+    'progressive_combine': ('sum', 'cat'),
+    'embedding_type': ('fourier', 'positional'),
+    'attention_type': ('ddpm',),
+}
+
+
+def _merge(x: Array, h: Array, skip_rescale: bool) -> Array:
+  """Residual sum, divided by sqrt(2) when ``skip_rescale`` (keeps the variance at 1)."""
+  return (x + h) / np.sqrt(2.0) if skip_rescale else x + h
+
+
+class Combine(nn.Module):
+  """Merges the input pyramid into the features: 1x1 conv, then concatenation or sum."""
+
+  method: str = 'cat'
+
+  @nn.compact
+  def __call__(self, x: Array, y: Array) -> Array:
+    h = conv1x1(x, y.shape[-1])
+    return jnp.concatenate([h, y], axis=-1) if self.method == 'cat' else h + y
+
+
+class AttnBlockpp(nn.Module):
+  """Self-attention over all positions with a residual connection (DDPM's block)."""
+
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = x.shape[-1]
+    h = group_norm(c)(x)
+    q, k, v = NIN(c)(h), NIN(c)(h), NIN(c)(h)
+    h = NIN(c, init_scale=self.init_scale)(self_attention(q, k, v))
+    return _merge(x, h, self.skip_rescale)
+
+
+class Upsample(nn.Module):
+  """x2 upsampling: nearest or FIR, optionally with a convolution (fused when FIR)."""
+
+  out_ch: Optional[int] = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    out_ch = self.out_ch or x.shape[-1]
+    if self.fir:
+      if self.with_conv:
+        return resample.Conv2d(out_ch, 3, up=True, resample_kernel=self.fir_kernel)(x)
+      return resample.upsample_2d(x, self.fir_kernel)
+    h = resample.naive_upsample_2d(x)
+    return conv3x3(h, out_ch) if self.with_conv else h
+
+
+class Downsample(nn.Module):
+  """x2 downsampling: average pooling or FIR, optionally with a convolution."""
+
+  out_ch: Optional[int] = None
+  with_conv: bool = False
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    out_ch = self.out_ch or x.shape[-1]
+    if self.fir:
+      if self.with_conv:
+        return resample.Conv2d(out_ch, 3, down=True, resample_kernel=self.fir_kernel)(x)
+      return resample.downsample_2d(x, self.fir_kernel)
+    if self.with_conv:
+      return conv3x3(x, out_ch, stride=2)
+    return resample.naive_downsample_2d(x)
+
+
+def _conditioned_convs(x: Array, temb: Optional[Array], out_ch: int, act: Callable,
+                       dropout: float, init_scale: float, train: bool) -> Array:
+  """The residual branch after its first activation: conv, + Dense(temb), norm, dropout, conv."""
+  h = conv3x3(x, out_ch)
+  if temb is not None:
+    h += nn.Dense(out_ch, kernel_init=default_init())(act(temb))[:, None, None, :]
+  h = act(group_norm(out_ch)(h))
+  h = nn.Dropout(dropout)(h, deterministic=not train)
+  return conv3x3(h, out_ch, init_scale=init_scale)
+
+
+class ResnetBlockDDPMpp(nn.Module):
+  """DDPM's residual block; a NIN (or 3x3 conv) shortcut when the channel count changes."""
+
+  act: Callable
+  out_ch: Optional[int] = None
+  conv_shortcut: bool = False
+  dropout: float = 0.1
+  skip_rescale: bool = False
+  init_scale: float = 0.0
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = True) -> Array:
+    c = x.shape[-1]
+    out_ch = self.out_ch or c
+    h = self.act(group_norm(c)(x))
+    h = _conditioned_convs(h, temb, out_ch, self.act, self.dropout, self.init_scale, train)
+    if c != out_ch:
+      x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
+    return _merge(x, h, self.skip_rescale)
+
+
+class ResnetBlockBigGANpp(nn.Module):
+  """BigGAN's residual block, which can also resample by 2 (FIR or naive) in both branches."""
+
+  act: Callable
+  up: bool = False
+  down: bool = False
+  out_ch: Optional[int] = None
+  dropout: float = 0.1
+  fir: bool = False
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  skip_rescale: bool = True
+  init_scale: float = 0.0
+
+  def _resample(self, x: Array) -> Array:
+    if self.up:
+      return (resample.upsample_2d(x, self.fir_kernel) if self.fir
+              else resample.naive_upsample_2d(x))
+    if self.down:
+      return (resample.downsample_2d(x, self.fir_kernel) if self.fir
+              else resample.naive_downsample_2d(x))
+    return x
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = True) -> Array:
+    c = x.shape[-1]
+    out_ch = self.out_ch or c
+    h = self._resample(self.act(group_norm(c)(x)))
+    x = self._resample(x)
+    h = _conditioned_convs(h, temb, out_ch, self.act, self.dropout, self.init_scale, train)
+    if c != out_ch or self.up or self.down:
+      x = conv1x1(x, out_ch)
+    return _merge(x, h, self.skip_rescale)
+
+
+def ve_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> np.ndarray:
+  """The descending geometric noise levels ``sigma_max ... sigma_min`` of SMLD / VE."""
+  return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))
+
+
+class NCSNpp(nn.Module):
+  """The NCSN++ / DDPM++ U-Net. Fields are the original config's ``model.*`` names.
+
+  Called as ``model(x, labels, train)`` with ``x`` NHWC in model space and ``labels`` the noise
+  levels sigma (Fourier embedding of log sigma) or time labels (positional embedding). With
+  ``scale_by_sigma`` the output is divided by sigma (for positional embeddings, by
+  ``sigmas[labels]``, the discrete VE levels), so the network predicts ``-z / sigma``.
+  """
+
+  nf: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 4
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  resamp_with_conv: bool = True
+  conditional: bool = True
+  fir: bool = True
+  fir_kernel: Sequence[int] = (1, 3, 3, 1)
+  skip_rescale: bool = True
+  resblock_type: str = 'biggan'
+  progressive: str = 'none'
+  progressive_input: str = 'residual'
+  progressive_combine: str = 'sum'
+  attention_type: str = 'ddpm'
+  init_scale: float = 0.0
+  embedding_type: str = 'fourier'
+  fourier_scale: float = 16.0
+  scale_by_sigma: bool = True
+  nonlinearity: str = 'swish'
+  conv_size: int = 3
+  centered: bool = False
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+  num_scales: int = 1000
+
+  def __post_init__(self):
+    for field, allowed in CHOICES.items():
+      if getattr(self, field) not in allowed:
+        raise ValueError(f'model.{field}={getattr(self, field)!r} is not supported; expected '
+                         f'one of {list(allowed)}.')
+    if self.conv_size != 3:
+      raise ValueError(f'model.conv_size={self.conv_size!r}: NCSN++ only has 3x3 convolutions.')
+    get_act(self.nonlinearity)
+    super().__post_init__()
+
+  def _embedding(self, labels: Array, act: Callable):
+    """Returns (time embedding or None, the sigma of each example)."""
+    if self.embedding_type == 'fourier':
+      temb = GaussianFourierProjection(self.nf, self.fourier_scale)(jnp.log(labels))
+      used_sigmas = labels
+    else:
+      temb = timestep_embedding(labels, self.nf)
+      sigmas = ve_sigmas(self.sigma_min, self.sigma_max, self.num_scales).astype(np.float32)
+      used_sigmas = jnp.asarray(sigmas)[labels.astype(jnp.int32)]
+    if not self.conditional:
+      return None, used_sigmas
+    temb = nn.Dense(self.nf * 4, kernel_init=default_init())(temb)
+    return nn.Dense(self.nf * 4, kernel_init=default_init())(act(temb)), used_sigmas
+
+  def _blocks(self, act: Callable):
+    """(ResnetBlock, AttnBlock) constructors with the shared settings bound."""
+    attn = functools.partial(AttnBlockpp, init_scale=self.init_scale,
+                             skip_rescale=self.skip_rescale)
+    common = dict(act=act, dropout=self.dropout, init_scale=self.init_scale,
+                  skip_rescale=self.skip_rescale)
+    if self.resblock_type == 'ddpm':
+      return functools.partial(ResnetBlockDDPMpp, **common), attn
+    return functools.partial(ResnetBlockBigGANpp, fir=self.fir, fir_kernel=self.fir_kernel,
+                             **common), attn
+
+  def _output_conv(self, h: Array, act: Callable, channels: int, init_scale: float) -> Array:
+    return conv3x3(act(group_norm(h.shape[-1])(h)), channels, init_scale=init_scale)
+
+  @nn.compact
+  def __call__(self, x: Array, labels: Array, train: bool = True) -> Array:
+    act = get_act(self.nonlinearity)
+    temb, used_sigmas = self._embedding(labels, act)
+    resnet, attn = self._blocks(act)
+    resample_kw = dict(fir=self.fir, fir_kernel=self.fir_kernel)
+    channels = x.shape[-1]
+    n_levels = len(self.ch_mult)
+    if not self.centered:
+      x = 2 * x - 1.0
+
+    # Downsampling path; ``hs`` keeps every output for the skip connections.
+    input_pyramid = x
+    hs = [conv3x3(x, self.nf)]
+    for level in range(n_levels):
+      for _ in range(self.num_res_blocks):
+        h = resnet(out_ch=self.nf * self.ch_mult[level])(hs[-1], temb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = attn()(h)
+        hs.append(h)
+      if level == n_levels - 1:
+        continue
+      if self.resblock_type == 'ddpm':
+        h = Downsample(with_conv=self.resamp_with_conv, **resample_kw)(hs[-1])
+      else:
+        h = resnet(down=True)(hs[-1], temb, train)
+      if self.progressive_input == 'input_skip':
+        input_pyramid = Downsample(with_conv=False, **resample_kw)(input_pyramid)
+        h = Combine(method=self.progressive_combine)(input_pyramid, h)
+      elif self.progressive_input == 'residual':
+        input_pyramid = Downsample(out_ch=h.shape[-1], with_conv=True,
+                                   **resample_kw)(input_pyramid)
+        h = input_pyramid = _merge(input_pyramid, h, self.skip_rescale)
+      hs.append(h)
+
+    h = resnet()(hs[-1], temb, train)
+    h = attn()(h)
+    h = resnet()(h, temb, train)
+
+    # Upsampling path; ``pyramid`` is the output pyramid of progressive growing.
+    pyramid = None
+    for level in reversed(range(n_levels)):
+      for _ in range(self.num_res_blocks + 1):
+        h = resnet(out_ch=self.nf * self.ch_mult[level])(
+            jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+      if h.shape[1] in self.attn_resolutions:
+        h = attn()(h)
+      if self.progressive == 'output_skip':
+        if pyramid is not None:
+          pyramid = Upsample(with_conv=False, **resample_kw)(pyramid)
+        skip = self._output_conv(h, act, channels, self.init_scale)
+        pyramid = skip if pyramid is None else pyramid + skip
+      elif self.progressive == 'residual':
+        if pyramid is None:
+          pyramid = self._output_conv(h, act, h.shape[-1], 1.0)
+        else:
+          pyramid = Upsample(out_ch=h.shape[-1], with_conv=True, **resample_kw)(pyramid)
+          h = pyramid = _merge(pyramid, h, self.skip_rescale)
+      if level != 0:
+        if self.resblock_type == 'ddpm':
+          h = Upsample(with_conv=self.resamp_with_conv, **resample_kw)(h)
+        else:
+          h = resnet(up=True)(h, temb, train)
+    assert not hs
+
+    if self.progressive == 'output_skip':
+      h = pyramid
+    else:
+      h = self._output_conv(h, act, channels, self.init_scale)
+    if self.scale_by_sigma:
+      h = h / used_sigmas.reshape((-1, 1, 1, 1))
+    return h
+

@@ -1,0 +1,136 @@
+"""FIR up- and down-sampling (StyleGAN2's resamplers, as NCSN++ uses them), in pure JAX, NHWC.
+
+Everything is built on :func:`upfirdn2d`: zero-insertion upsampling, padding (or cropping),
+convolution with a 2-D FIR filter and decimation, the same four steps as ``scipy.signal.upfirdn``
+applied along both image axes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sde_jax.models.layers import default_init
+
+Array = jax.Array
+
+
+def fir_filter(k: Sequence[float] | np.ndarray) -> np.ndarray:
+  """A 2-D filter from ``k``: the outer product ``k k^T`` when 1-D, normalised to sum 1."""
+  k = np.asarray(k, dtype=np.float32)
+  if k.ndim == 1:
+    k = np.outer(k, k)
+  if k.ndim != 2 or k.shape[0] != k.shape[1]:
+    raise ValueError(f'FIR filter must be 1-D or square 2-D; got shape {k.shape}.')
+  return k / np.sum(k)
+
+
+def upfirdn2d(x: Array, k: np.ndarray, up: int = 1, down: int = 1, pad0: int = 0,
+              pad1: int = 0) -> Array:
+  """Upsample, pad, FIR-filter and downsample each channel of ``x`` (NHWC).
+
+  With ``u = up`` and ``d = down``, along each spatial axis:
+  1. insert ``u - 1`` zeros after every sample (length ``H u``);
+  2. pad ``pad0`` zeros before and ``pad1`` after (negative values crop);
+  3. convolve (true convolution, not correlation) with ``k``, keeping only outputs whose
+     footprint lies inside the padded signal (length ``H u + pad0 + pad1 - len(k) + 1``);
+  4. keep every ``d``-th sample, starting with the first.
+  """
+  c = x.shape[-1]
+  k = np.asarray(k, dtype=np.float32)
+  spatial = (pad0, pad1 + up - 1, up - 1)
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), spatial, spatial, (0, 0, 0)])
+  kernel = jnp.asarray(np.tile(k[::-1, ::-1, None, None], (1, 1, 1, c)), x.dtype)
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(down, down), padding='VALID',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+
+
+def upsample_2d(x: Array, k: Sequence[float] = (1, 1), factor: int = 2) -> Array:
+  """Upsample by ``factor`` with FIR filter ``k`` (gain ``factor^2`` keeps constants constant)."""
+  k = fir_filter(k) * factor ** 2
+  p = k.shape[0] - factor
+  return upfirdn2d(x, k, up=factor, pad0=(p + 1) // 2 + factor - 1, pad1=p // 2)
+
+
+def downsample_2d(x: Array, k: Sequence[float] = (1, 1), factor: int = 2) -> Array:
+  """Downsample by ``factor`` after filtering with ``k``; ``k = (1, 1)`` is average pooling."""
+  k = fir_filter(k)
+  p = k.shape[0] - factor
+  return upfirdn2d(x, k, down=factor, pad0=(p + 1) // 2, pad1=p // 2)
+
+
+def naive_upsample_2d(x: Array, factor: int = 2) -> Array:
+  """Nearest-neighbour upsampling: every pixel repeated ``factor x factor`` times."""
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def naive_downsample_2d(x: Array, factor: int = 2) -> Array:
+  """Average pooling over non-overlapping ``factor x factor`` windows."""
+  n, h, w, c = x.shape
+  return x.reshape(n, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+def upsample_conv_2d(x: Array, w: Array, k: Sequence[float] = (1, 1), factor: int = 2) -> Array:
+  """A stride-``factor`` transposed convolution with ``w`` (HWIO), then FIR smoothing with ``k``.
+
+  The transposed convolution is written as a correlation of the zero-interleaved input
+  (``lhs_dilation``) with ``w`` under full padding, which is what a transposed convolution
+  with the flipped, I/O-swapped kernel computes; the FIR step then shifts and crops the result
+  to exactly ``factor`` times the input size.
+  """
+  size = w.shape[0]
+  fk = fir_filter(k) * factor ** 2
+  p = (fk.shape[0] - factor) - (size - 1)
+  x = jax.lax.conv_general_dilated(
+      x, w, window_strides=(1, 1), padding=[(size - 1, size - 1)] * 2,
+      lhs_dilation=(factor, factor), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return upfirdn2d(x, fk, pad0=(p + 1) // 2 + factor - 1, pad1=p // 2 + 1)
+
+
+def conv_downsample_2d(x: Array, w: Array, k: Sequence[float] = (1, 1), factor: int = 2) -> Array:
+  """FIR smoothing with ``k``, then a stride-``factor`` 'VALID' convolution with ``w`` (HWIO)."""
+  size = w.shape[0]
+  fk = fir_filter(k)
+  p = (fk.shape[0] - factor) + (size - 1)
+  x = upfirdn2d(x, fk, pad0=(p + 1) // 2, pad1=p // 2)
+  return jax.lax.conv_general_dilated(
+      x, w, window_strides=(factor, factor), padding='VALID',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class Conv2d(nn.Module):
+  """A square convolution, optionally fused with FIR up- or down-sampling by 2.
+
+  Parameters are ``weight`` (HWIO) and ``bias``, as in the original networks.
+  """
+
+  features: int
+  kernel: int = 3
+  up: bool = False
+  down: bool = False
+  resample_kernel: Sequence[int] = (1, 3, 3, 1)
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.up and self.down:
+      raise ValueError('Conv2d: up and down cannot both be set.')
+    if self.kernel < 1 or self.kernel % 2 != 1:
+      raise ValueError(f'Conv2d: kernel must be a positive odd size; got {self.kernel}.')
+    w = self.param('weight', default_init(), (self.kernel, self.kernel, x.shape[-1],
+                                              self.features))
+    if self.up:
+      x = upsample_conv_2d(x, w, self.resample_kernel)
+    elif self.down:
+      x = conv_downsample_2d(x, w, self.resample_kernel)
+    else:
+      x = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      x = x + self.param('bias', nn.initializers.zeros, (self.features,))
+    return x
