@@ -276,10 +276,16 @@ def import_torch(path: str, template: Mapping[Path, Any], order: list[Path], lay
 
 def _torch_layouts() -> dict[str, tuple[Layout, frozenset[str]]]:
   """Per model name: the PyTorch layout and the state_dict buffers that hold no parameter."""
-  layouts: dict[str, tuple[Layout, frozenset[str]]] = {
-      'ncsnpp': (all_modules_layout, frozenset({'sigmas'})),
-  }
-  return layouts
+  from sde_jax.models import ddpm, ncsnv2  # pylint: disable=g-import-not-at-top
+
+  def by_template(torch_layout):
+    return lambda order, keys: torch_layout(
+        traverse_util.unflatten_dict({p: None for p in order}), keys)
+
+  ncsn = (by_template(ncsnv2.torch_layout), ncsnv2.TORCH_BUFFERS)
+  return {'ncsnpp': (all_modules_layout, frozenset({'sigmas'})),
+          'ddpm': (by_template(ddpm.torch_layout), ddpm.TORCH_BUFFERS),
+          'ncsnv2_64': ncsn, 'ncsnv2_128': ncsn, 'ncsnv2_256': ncsn, 'ncsn': ncsn}
 
 
 def import_original(path: str | os.PathLike, config) -> ImportedState:
@@ -311,5 +317,9 @@ def import_original(path: str | os.PathLike, config) -> ImportedState:
   name = config.model.name
   if name not in layouts:
     raise CheckpointError(f'no PyTorch layout for model.name={name!r}; known: {sorted(layouts)}.')
+  if name.startswith('ncsn') and name != 'ncsnpp' and config.model.get('flavour') != 'pytorch':
+    raise CheckpointError(
+        f'{path} is a score_sde_pytorch checkpoint of {name}, whose PyTorch network differs from '
+        "the JAX original's; set --config.model.flavour=pytorch (and keep it for sampling).")
   layout, buffers = layouts[name]
   return import_torch(path, flat_template, order, layout, buffers)

@@ -107,7 +107,7 @@ def bits_per_dim(logp: Array, dim: int, offset: float) -> Array:
 
 def get_likelihood_fn(sde: SDE, inverse_scaler: Callable, hutchinson_type: str = 'rademacher',
                       rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
-                      solver: str = 'dopri5', exact_trace: bool = False):
+                      solver: str = 'rk45', exact_trace: bool = False):
   """Builds the bits/dim of data under the probability-flow ODE of ``sde``.
 
   ``log p(x) = log p_prior(z) + int_eps^T div f~(x(t), t) dt`` with ``z = x(T)`` and

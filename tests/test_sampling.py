@@ -536,3 +536,18 @@ def test_sampler_from_config_rejects_unknown_names():
     sampling.get_sampler_from_config(_config(method='langevin'), sde, (2, 2))
   with pytest.raises(ValueError, match="predictor='ddim'"):
     sampling.get_sampler_from_config(_config(predictor='ddim'), sde, (2, 2))
+
+
+@pytest.mark.parametrize('t0, t1', [(1e-3, 1.0), (1.0, 1e-3)])
+def test_rk45_follows_scipy(t0, t1):
+  """'rk45' applies scipy's RK45 step rules: same number of evaluations, same solution."""
+  from scipy import integrate
+  from sde_jax import odeint
+  rng = np.random.default_rng(0)
+  a, y0 = rng.normal(size=50), rng.normal(size=50) * 5
+  sol = integrate.solve_ivp(lambda t, y: -a * y * np.cos(3 * t) + np.sin(5 * t), (t0, t1), y0,
+                            rtol=1e-5, atol=1e-5, method='RK45')
+  field = lambda t, y: -jnp.asarray(a, jnp.float32) * y * jnp.cos(3 * t) + jnp.sin(5 * t)
+  y, nfe = jax.jit(lambda y: odeint.rk45(field, y, t0, t1))(jnp.asarray(y0, jnp.float32))
+  assert int(nfe) == sol.nfev
+  np.testing.assert_allclose(y, sol.y[:, -1], atol=5e-5)

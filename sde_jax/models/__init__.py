@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 
 from sde_jax import sde as sde_lib
+from sde_jax.models.ddpm import DDPM, ddpm_from_config
 from sde_jax.models.mlp import MLP
 from sde_jax.models.ncsnpp import NCSNpp
+from sde_jax.models.ncsnv2 import NCSNv2, ncsnv2_from_config
 from sde_jax.sde import batch_mul
 
 Array = jax.Array
@@ -52,7 +54,21 @@ def _ncsnpp(config):
   return NCSNpp(centered=config.data.centered, **kwargs)
 
 
-MODELS: dict[str, Callable] = {'mlp': _mlp, 'ncsnpp': _ncsnpp}
+def _flavoured(factory):
+  """``factory(config, flavour)`` with ``config.model.flavour`` ('jax' by default): which
+  original's numerics a network follows where the two differ (NCSNv2 / NCSN)."""
+  return lambda config: factory(config, flavour=config.model.get('flavour', 'jax'))
+
+
+MODELS: dict[str, Callable] = {
+    'mlp': _mlp,
+    'ncsnpp': _ncsnpp,
+    'ddpm': _flavoured(ddpm_from_config),
+    'ncsnv2_64': _flavoured(ncsnv2_from_config),
+    'ncsnv2_128': _flavoured(ncsnv2_from_config),
+    'ncsnv2_256': _flavoured(ncsnv2_from_config),
+    'ncsn': _flavoured(ncsnv2_from_config),
+}
 
 
 def get_model(config):
@@ -106,4 +122,4 @@ def get_score_fn(sde: sde_lib.SDE, model, continuous: bool = True, train: bool =
   return score_fn
 
 
-__all__ = ['MLP', 'MODELS', 'NCSNpp', 'get_model', 'get_score_fn', 'init_params']
+__all__ = ['DDPM', 'MLP', 'MODELS', 'NCSNpp', 'NCSNv2', 'get_model', 'get_score_fn', 'init_params']

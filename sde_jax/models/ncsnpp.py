@@ -10,17 +10,17 @@ original checkpoints, and the order equals that of the PyTorch port's ``all_modu
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sde_jax.models import resample
 from sde_jax.models.layers import (NIN, GaussianFourierProjection, conv1x1, conv3x3,
                                    default_init, get_act, group_norm, self_attention,
-                                   timestep_embedding)
+                                   timestep_embedding, ve_sigmas)
 
 Array = jax.Array
 
@@ -36,7 +36,7 @@ CHOICES = {
 
 def _merge(x: Array, h: Array, skip_rescale: bool) -> Array:
   """Residual sum, divided by sqrt(2) when ``skip_rescale`` (keeps the variance at 1)."""
-  return (x + h) / np.sqrt(2.0) if skip_rescale else x + h
+  return (x + h) / math.sqrt(2.0) if skip_rescale else x + h
 
 
 class Combine(nn.Module):
@@ -170,11 +170,6 @@ class ResnetBlockBigGANpp(nn.Module):
     return _merge(x, h, self.skip_rescale)
 
 
-def ve_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> np.ndarray:
-  """The descending geometric noise levels ``sigma_max ... sigma_min`` of SMLD / VE."""
-  return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales))
-
-
 class NCSNpp(nn.Module):
   """The NCSN++ / DDPM++ U-Net. Fields are the original config's ``model.*`` names.
 
@@ -227,7 +222,7 @@ class NCSNpp(nn.Module):
       used_sigmas = labels
     else:
       temb = timestep_embedding(labels, self.nf)
-      sigmas = ve_sigmas(self.sigma_min, self.sigma_max, self.num_scales).astype(np.float32)
+      sigmas = ve_sigmas(self.sigma_min, self.sigma_max, self.num_scales)
       used_sigmas = jnp.asarray(sigmas)[labels.astype(jnp.int32)]
     if not self.conditional:
       return None, used_sigmas

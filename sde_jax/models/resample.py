@@ -122,8 +122,8 @@ class Conv2d(nn.Module):
       raise ValueError('Conv2d: up and down cannot both be set.')
     if self.kernel < 1 or self.kernel % 2 != 1:
       raise ValueError(f'Conv2d: kernel must be a positive odd size; got {self.kernel}.')
-    w = self.param('weight', default_init(), (self.kernel, self.kernel, x.shape[-1],
-                                              self.features))
+    w = self.param('weight', default_init(),
+                   (self.kernel, self.kernel, x.shape[-1], self.features), jnp.float32)
     if self.up:
       x = upsample_conv_2d(x, w, self.resample_kernel)
     elif self.down:
@@ -132,5 +132,5 @@ class Conv2d(nn.Module):
       x = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     if self.use_bias:
-      x = x + self.param('bias', nn.initializers.zeros, (self.features,))
+      x = x + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).reshape(1, 1, 1, -1)
     return x

@@ -23,7 +23,7 @@ def _flow(sde: SDE, score_fn, batch: int):
 
 
 def get_ode_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 1e-5, atol: float = 1e-5,
-                    eps: float = 1e-3, denoise: bool = False, solver: str = 'dopri5'):
+                    eps: float = 1e-3, denoise: bool = False, solver: str = 'rk45'):
   """Builds a probability-flow ODE sampler: ``x(eps)`` from ``x(T) ~ p_T`` (or a given ``z``).
 
   The whole batch is one ODE state, so the solver's error norm (RMS over all elements) and its

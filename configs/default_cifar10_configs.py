@@ -1,0 +1,49 @@
+"""Base config for CIFAR-10 (32x32); the other data-set bases start from this one.
+
+Holds every field shared by the image configs. An override file adds the SDE and sampler
+(``configs._recipes``) and the network (``configs._models``).
+"""
+
+import ml_collections
+
+
+def get_default_configs():
+  """Returns the CIFAR-10 base: training schedule, sampler defaults, evaluation, data, optimizer."""
+  config = ml_collections.ConfigDict()
+  config.seed = 42
+  config.training = ml_collections.ConfigDict(dict(
+      batch_size=128, n_iters=1300001,
+      log_freq=50, eval_freq=100, snapshot_freq=50000,
+      # Extra checkpoints that a preempted job resumes from (overwritten each time).
+      snapshot_freq_for_preemption=10000,
+      snapshot_sampling=True,  # draw a batch of samples at each snapshot
+      n_jitted_steps=5,  # training steps per compiled call
+      continuous=True, reduce_mean=False, likelihood_weighting=False,
+  ))
+  config.sampling = ml_collections.ConfigDict(dict(
+      method='pc', n_steps_each=1, snr=0.16, noise_removal=True, probability_flow=False))
+  config.eval = ml_collections.ConfigDict(dict(
+      begin_ckpt=9, end_ckpt=26,
+      batch_size=1024, num_samples=50000,
+      enable_sampling=False, enable_loss=True, enable_bpd=False, bpd_dataset='test',
+  ))
+  config.data = ml_collections.ConfigDict(dict(
+      dataset='CIFAR10', image_size=32, num_channels=3,
+      centered=False, random_flip=True, uniform_dequantization=False,
+  ))
+  # Noise scales of both SDE families live here, so one config serves VE, VP and sub-VP. Scales
+  # and rates are floats so that any float given on the command line is accepted.
+  config.model = ml_collections.ConfigDict(dict(
+      sigma_min=0.01, sigma_max=50.,  # VE
+      beta_min=0.1, beta_max=20.,  # VP and sub-VP
+      num_scales=1000,  # N: discretization steps and discrete noise levels
+      dropout=0.1, embedding_type='fourier',
+      # Which original's network to build where the two differ (NCSNv2 / NCSN): 'jax' for
+      # score_sde checkpoints, 'pytorch' for score_sde_pytorch ones.
+      flavour='jax',
+  ))
+  config.optim = ml_collections.ConfigDict(dict(
+      optimizer='Adam', lr=2e-4, beta1=0.9, eps=1e-8, weight_decay=0.,
+      warmup=5000, grad_clip=1.,
+  ))
+  return config

@@ -1,0 +1,1 @@
+"""Configs trained with the VE SDE (SMLD noise scales), at the original repository's paths."""

@@ -1,0 +1,1 @@
+"""NCSNv2 configs: annealed Langevin dynamics with the NCSNv2 RefineNet."""

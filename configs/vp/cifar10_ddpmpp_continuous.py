@@ -1,0 +1,10 @@
+"""DDPM++ on CIFAR-10 trained with the continuous VP SDE (the paper's "DDPM++ cont. (VP)")."""
+
+from configs import _models, _recipes, default_cifar10_configs
+
+
+def get_config():
+  config = default_cifar10_configs.get_default_configs()
+  _recipes.vp(config)
+  _models.ddpmpp(config.model)
+  return config

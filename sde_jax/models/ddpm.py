@@ -1,0 +1,266 @@
+"""The DDPM U-Net (Ho et al. 2020) as re-implemented by score_sde, and its checkpoint layouts.
+
+Submodule class names and creation order equal those of the original score_sde ``DDPM``, so Flax's
+automatic names (``ResnetBlockDDPM_3/Conv_1/kernel`` ...) are those of the original Flax
+checkpoints; :func:`torch_layout` maps them onto the PyTorch port's ``all_modules.{i}`` keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sde_jax.models.layers import (NIN, conv3x3, default_init, get_act, self_attention,
+                                   timestep_embedding, ve_sigmas)
+from sde_jax.models.normalization import get_normalization
+
+Array = jax.Array
+
+
+class ResnetBlockDDPM(nn.Module):
+  """``x + conv(drop(act(norm(conv(act(norm(x))) + Dense(act(temb))))))``.
+
+  ``x`` goes through a NIN (or, with ``conv_shortcut``, a 3x3 conv) when the width changes.
+  """
+
+  act: Callable
+  normalize: Callable
+  out_ch: Optional[int] = None
+  conv_shortcut: bool = False
+  dropout: float = 0.1
+
+  @nn.compact
+  def __call__(self, x: Array, temb: Optional[Array] = None, train: bool = True) -> Array:
+    out_ch = self.out_ch or x.shape[-1]
+    h = conv3x3(self.act(self.normalize()(x)), out_ch)
+    if temb is not None:
+      h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
+    h = self.act(self.normalize()(h))
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv3x3(h, out_ch, init_scale=0.0)
+    if x.shape[-1] != out_ch:
+      x = conv3x3(x, out_ch) if self.conv_shortcut else NIN(out_ch)(x)
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """Single-head self-attention over all positions, ``x + NIN(attention(NIN(norm(x)), ...))``."""
+
+  normalize: Callable
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = x.shape[-1]
+    h = self.normalize()(x)
+    q, k, v = NIN(c)(h), NIN(c)(h), NIN(c)(h)
+    return x + NIN(c, init_scale=0.0)(self_attention(q, k, v))
+
+
+class Upsample(nn.Module):
+  """Nearest-neighbour x2 upsampling, optionally followed by a 3x3 convolution."""
+
+  with_conv: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    h = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return conv3x3(h, x.shape[-1]) if self.with_conv else h
+
+
+class Downsample(nn.Module):
+  """x2 downsampling: a stride-2 3x3 convolution ('SAME': one pixel of padding at the bottom and
+  right, as the PyTorch port pads explicitly) or 2x2 average pooling."""
+
+  with_conv: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.with_conv:
+      return conv3x3(x, x.shape[-1], stride=2)
+    return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding='SAME')
+
+
+class DDPM(nn.Module):
+  """The DDPM U-Net. Fields are the original config's ``model.*`` names (``centered`` is
+  ``data.centered``).
+
+  Called as ``model(x, labels, train)`` with ``x`` NHWC in model space ([0, 1], mapped to
+  [-1, 1] here unless ``centered``) and ``labels`` the time labels fed to the sinusoidal
+  embedding (``999 t`` or ``(N - 1) t`` for VP). With ``scale_by_sigma`` (SMLD training) the
+  output is divided by ``sigmas[labels.astype(jnp.int32)]``, the descending VE levels, and ``labels`` must be
+  integer indices.
+  """
+
+  nf: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  resamp_with_conv: bool = True
+  conditional: bool = True
+  centered: bool = True
+  nonlinearity: str = 'swish'
+  normalization: str = 'GroupNorm'
+  scale_by_sigma: bool = False
+  sigma_min: float = 0.01
+  sigma_max: float = 50.0
+  num_scales: int = 1000
+
+  def _temb(self, labels: Array, act: Callable) -> Optional[Array]:
+    if not self.conditional:
+      return None
+    temb = nn.Dense(self.nf * 4, kernel_init=default_init())(timestep_embedding(labels, self.nf))
+    return nn.Dense(self.nf * 4, kernel_init=default_init())(act(temb))
+
+  @nn.compact
+  def __call__(self, x: Array, labels: Array, train: bool = True) -> Array:
+    act = get_act(self.nonlinearity)
+    normalize = get_normalization(self.normalization)
+    resnet = functools.partial(ResnetBlockDDPM, act=act, normalize=normalize, dropout=self.dropout)
+    attn = functools.partial(AttnBlock, normalize=normalize)
+    temb = self._temb(labels, act)
+    n_levels = len(self.ch_mult)
+    h = x if self.centered else 2 * x - 1.0
+
+    # Downsampling path; ``hs`` keeps every output for the skip connections.
+    hs = [conv3x3(h, self.nf)]
+    for level in range(n_levels):
+      for _ in range(self.num_res_blocks):
+        h = resnet(out_ch=self.nf * self.ch_mult[level])(hs[-1], temb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = attn()(h)
+        hs.append(h)
+      if level != n_levels - 1:
+        hs.append(Downsample(with_conv=self.resamp_with_conv)(hs[-1]))
+
+    h = resnet()(hs[-1], temb, train)
+    h = attn()(h)
+    h = resnet()(h, temb, train)
+
+    for level in reversed(range(n_levels)):
+      for _ in range(self.num_res_blocks + 1):
+        h = resnet(out_ch=self.nf * self.ch_mult[level])(
+            jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+      if h.shape[1] in self.attn_resolutions:
+        h = attn()(h)
+      if level != 0:
+        h = Upsample(with_conv=self.resamp_with_conv)(h)
+    assert not hs
+
+    h = conv3x3(act(normalize()(h)), x.shape[-1], init_scale=0.0)
+    if self.scale_by_sigma:
+      sigmas = jnp.asarray(ve_sigmas(self.sigma_min, self.sigma_max, self.num_scales))
+      h = h / sigmas[labels.astype(jnp.int32)].reshape((-1, 1, 1, 1))
+    return h
+
+
+def ddpm_from_config(config, flavour: str = 'jax') -> DDPM:
+  """The :class:`DDPM` described by an original-style config (``model.*``, ``data.centered``).
+
+  ``flavour`` ('jax' or 'pytorch': which original's checkpoints the Module is for) changes
+  nothing: the two originals compute the same DDPM.
+  """
+  if flavour not in ('jax', 'pytorch'):
+    raise ValueError(f"flavour={flavour!r}; expected 'jax' or 'pytorch'.")
+  m = config.model
+  return DDPM(nf=m.nf, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+              attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
+              resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
+              centered=config.data.centered, nonlinearity=m.nonlinearity,
+              normalization=m.normalization, scale_by_sigma=m.scale_by_sigma,
+              sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales)
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch checkpoints (score_sde_pytorch): the network's modules sit in ``all_modules``, a
+# ModuleList in creation order; inside a block the names equal Flax's (the port kept them).
+
+TORCH_BUFFERS = frozenset({'sigmas'})
+"""State-dict keys of the PyTorch DDPM that are buffers, not parameters."""
+
+_TORCH_LEAF = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'W': 'W', 'b': 'b'}
+
+
+def _torch_modules(torch_keys: Sequence[str]) -> list[tuple[int, set[str]]]:
+  """``[(i, {attribute names inside all_modules.i})]`` in ModuleList order."""
+  groups: dict[int, set[str]] = {}
+  for key in torch_keys:
+    match = re.fullmatch(r'all_modules\.(\d+)\.(.+)', key)
+    if match:
+      groups.setdefault(int(match.group(1)), set()).add(match.group(2))
+  return sorted(groups.items())
+
+
+def _torch_kind(names: set[str]) -> str:
+  """The class of a PyTorch DDPM module, told by its parameter names."""
+  if 'Conv_1.weight' in names:
+    return 'ResnetBlockDDPM'
+  if 'NIN_0.W' in names:
+    return 'AttnBlock'
+  if names == {'Conv_0.weight', 'Conv_0.bias'}:
+    return 'resample'
+  if names == {'weight', 'bias'}:
+    return 'plain'
+  raise ValueError(f'Unexpected module in a PyTorch DDPM state dict: {sorted(names)}')
+
+
+def _flax_names(kinds: list[str], conditional: bool) -> list[str]:
+  """Flax's automatic names of the modules listed (in creation order) by ``kinds``.
+
+  Plain layers are the embedding Denses and the input conv at the start, the output GroupNorm
+  and conv at the end. Resampling layers cannot be told apart by their parameters, but every
+  Downsample comes before every Upsample and there are as many of each.
+  """
+  plain = (['Dense_0', 'Dense_1'] if conditional else []) + ['Conv_0', 'GroupNorm_0', 'Conv_1']
+  if kinds.count('plain') != len(plain):
+    raise ValueError(f'A PyTorch DDPM ({"" if conditional else "un"}conditional) has '
+                     f'{len(plain)} plain layers; this state dict has {kinds.count("plain")}.')
+  n_down = kinds.count('resample') // 2
+  counts = {'plain': 0, 'resample': 0}
+  names = []
+  for kind in kinds:
+    if kind == 'plain':
+      names.append(plain[counts['plain']])
+    elif kind == 'resample':
+      kind = 'Downsample' if counts['resample'] < n_down else 'Upsample'
+      counts['resample'] += 1
+    if kind != 'plain':
+      names.append(f'{kind}_{counts.get(kind, 0)}')
+    counts[kind] = counts.get(kind, 0) + 1
+  return names
+
+
+def torch_layout(template, torch_keys: Sequence[str]) -> dict[tuple[str, ...], str]:
+  """Where each Flax parameter of a :class:`DDPM` lies in a score_sde_pytorch state dict.
+
+  Args:
+    template: the nested dict of the Flax params (arrays or ``jax.ShapeDtypeStruct``).
+    torch_keys: the state-dict keys, ``module.`` prefix removed, in the saved order.
+
+  Returns:
+    ``{flax leaf path: torch key}`` for every leaf of ``template``. Values need only the
+    generic conversion (OIHW -> HWIO for 4-D kernels, transposed 2-D kernels).
+  """
+  modules = _torch_modules(torch_keys)
+  kinds = [_torch_kind(names) for _, names in modules]
+  flax_names = _flax_names(kinds, conditional='Dense_0' in template)
+  index = dict(zip(flax_names, (i for i, _ in modules)))
+  if set(index) != {name for name, sub in template.items() if sub}:
+    raise ValueError('The PyTorch state dict does not describe this DDPM: its modules map to '
+                     f'{sorted(index)}, the Flax params have {sorted(template)}.')
+  layout = {}
+  for path, _ in jax.tree_util.tree_flatten_with_path(template)[0]:
+    names = tuple(p.key for p in path)
+    layout[names] = '.'.join(('all_modules', str(index[names[0]])) + names[1:-1]
+                             + (_TORCH_LEAF[names[-1]],))
+  available = set(torch_keys)
+  missing = {'/'.join(path): key for path, key in layout.items() if key not in available}
+  if missing:
+    raise KeyError(f'{len(missing)} parameters have no source in the PyTorch state dict, e.g. '
+                   f'{next(iter(missing.items()))}.')
+  return layout
