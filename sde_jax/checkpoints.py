@@ -280,7 +280,7 @@ def _torch_layouts() -> dict[str, tuple[Layout, frozenset[str]]]:
 
   def by_template(torch_layout):
     return lambda order, keys: torch_layout(
-        traverse_util.unflatten_dict({p: None for p in order}), keys)
+        traverse_util.unflatten_dict({p: 0 for p in order}), keys)
 
   ncsn = (by_template(ncsnv2.torch_layout), ncsnv2.TORCH_BUFFERS)
   return {'ncsnpp': (all_modules_layout, frozenset({'sigmas'})),

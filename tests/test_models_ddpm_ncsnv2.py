@@ -21,6 +21,7 @@ import pytest
 import torch
 from flax import traverse_util
 
+from sde_jax import checkpoints
 from sde_jax.models import ddpm, ncsnv2
 
 DATA = pathlib.Path(__file__).parent / 'data'
@@ -98,27 +99,6 @@ def test_matches_original_jax(name):
   assert_close_to_reference(out, ref, 1e-5)
 
 
-def to_flax(template, state_dict, layout_fn):
-  """Flax params from a PyTorch state dict (generic conversion rule of the importer)."""
-  layout = layout_fn(template, list(state_dict))
-  flat_template = traverse_util.flatten_dict(template)
-  assert set(layout) == set(flat_template)
-  flat, used = {}, set()
-  for path, source in layout.items():
-    key, fn = source if isinstance(source, tuple) else (source, None)
-    value = state_dict[key].numpy()
-    if fn is not None:
-      value = fn(value)
-    elif path[-1] in ('kernel', 'weight') and value.ndim == 4:
-      value = value.transpose(2, 3, 1, 0)
-    elif path[-1] == 'kernel' and value.ndim == 2:
-      value = value.T
-    chex.assert_shape(value, flat_template[path].shape)
-    flat[path] = value
-    used.add(key)
-  return traverse_util.unflatten_dict(flat), used
-
-
 def load_torch_fixture(name):
   """(config, checkpoint, arrays, module of the network) of fixture ``name``."""
   record = json.loads((DATA / f'{name}.json').read_text())
@@ -133,38 +113,31 @@ def torch_model(config, module):
   return factory(config, flavour='pytorch')
 
 
+def imported(name):
+  """(model, state, arrays) of fixture ``name``, imported by checkpoints.import_original."""
+  config, _, arrays, module = load_torch_fixture(name)
+  config.model.flavour = 'pytorch'
+  state = checkpoints.import_original(DATA / f'{name}.pth', config)
+  return torch_model(config, module), state, arrays
+
+
 @pytest.mark.parametrize('name', TORCH_FIXTURES)
 def test_matches_original_pytorch(name):
-  config, checkpoint, arrays, module = load_torch_fixture(name)
-  model = torch_model(config, module)
-  x = arrays['x_nchw'].transpose(0, 2, 3, 1)
-  labels = arrays['labels']
-  template = param_template(model, x, labels)
-
-  state = {k.removeprefix('module.'): v for k, v in checkpoint['model'].items()}
-  _, used = to_flax(template, state, module.torch_layout)
-  assert set(state) - used <= module.TORCH_BUFFERS  # every parameter is imported
-  # The EMA keeps one tensor per parameter, in state-dict order without the buffers.
-  param_keys = [k for k in state if k not in module.TORCH_BUFFERS]
-  assert len(param_keys) == len(checkpoint['ema']['shadow_params'])
-  ema, _ = to_flax(template, dict(zip(param_keys, checkpoint['ema']['shadow_params'])),
-                   module.torch_layout)
-
-  out = jax.jit(functools.partial(model.apply, train=False))({'params': ema}, x, labels)
+  """Every parameter imported (the importer is strict) and the EMA output matches."""
+  model, state, arrays = imported(name)
+  x, labels = arrays['x_nchw'].transpose(0, 2, 3, 1), arrays['labels']
+  out = jax.jit(functools.partial(model.apply, train=False))({'params': state.params_ema}, x,
+                                                             labels)
   assert_close_to_reference(out, arrays['model_out_nchw'].transpose(0, 2, 3, 1), 1e-4)
 
 
 def test_pytorch_flavour_matters():
   """The PyTorch numerics (resizing, unbiased variances) do change NCSNv2's output."""
-  config, checkpoint, arrays, module = load_torch_fixture('torch_ncsnv2_64')
-  model = torch_model(config, module)
+  model, state, arrays = imported('torch_ncsnv2_64')
   x, labels = arrays['x_nchw'].transpose(0, 2, 3, 1), arrays['labels']
-  template = param_template(model, x, labels)
-  state = {k.removeprefix('module.'): v for k, v in checkpoint['model'].items()}
-  params, _ = to_flax(template, state, module.torch_layout)
   apply = lambda m: jax.jit(functools.partial(m.apply, train=False))  # noqa: E731
-  jax_out = apply(model.clone(flavour='jax'))({'params': params}, x, labels)
-  torch_out = apply(model)({'params': params}, x, labels)
+  jax_out = apply(model.clone(flavour='jax'))({'params': state.params}, x, labels)
+  torch_out = apply(model)({'params': state.params}, x, labels)
   assert np.max(np.abs(jax_out - torch_out)) > 1e-2
 
 

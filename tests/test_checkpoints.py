@@ -1,0 +1,117 @@
+"""Import of the original checkpoints: strictness, clear errors, parameter counts."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from sde_jax import checkpoints, models
+
+DATA = pathlib.Path(__file__).parent / 'data'
+CONFIGS = pathlib.Path(__file__).parent.parent / 'configs'
+PTH = DATA / 've_ncsnpp_continuous_tiny.pth'
+FLAX = DATA / 'jax_ve_ncsnpp_continuous_tiny_checkpoint_5'
+
+
+def tiny_config():
+  return ml_collections.ConfigDict(
+      json.loads((DATA / 've_ncsnpp_continuous_tiny.json').read_text())['config'])
+
+
+def load_config(relative):
+  spec = importlib.util.spec_from_file_location('config', CONFIGS / relative)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('path', [PTH, FLAX])
+def test_truncated_file_is_a_clear_error(tmp_path, path):
+  bad = tmp_path / path.name
+  bad.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  with pytest.raises(checkpoints.CheckpointError, match=f'cannot read.*{bad.name}'):
+    checkpoints.import_original(bad, tiny_config())
+
+
+def test_garbage_file_is_a_clear_error(tmp_path):
+  bad = tmp_path / 'checkpoint_3'
+  bad.write_bytes(b'\x00not a checkpoint' * 10)
+  with pytest.raises(checkpoints.CheckpointError, match='checkpoint_3'):
+    checkpoints.import_original(bad, tiny_config())
+
+
+def test_missing_file():
+  with pytest.raises(FileNotFoundError, match='nope.pth'):
+    checkpoints.import_original('nope.pth', tiny_config())
+
+
+@pytest.mark.parametrize('path', [PTH, FLAX])
+def test_shape_mismatch_names_parameter_shapes_and_fields(path):
+  config = tiny_config()
+  config.model.nf = 32
+  with pytest.raises(checkpoints.CheckpointError) as info:
+    checkpoints.import_original(path, config)
+  message = str(info.value)
+  # Names the parameter, the shape found, the shape expected and the likely config field.
+  assert 'AttnBlockpp_0/GroupNorm_0/bias has shape (32,)' in message
+  assert 'expects (64,)' in message and 'model.nf' in message
+
+
+@pytest.mark.parametrize('path', [PTH, FLAX])
+def test_structure_mismatch_is_refused(path):
+  config = tiny_config()
+  config.model.num_res_blocks = 2
+  with pytest.raises(checkpoints.CheckpointError, match='num_res_blocks'):
+    checkpoints.import_original(path, config)
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+  """A .pth whose pickle would run code is rejected by weights_only loading."""
+  import torch
+  bad = tmp_path / 'evil.pth'
+
+  class Evil:
+    def __reduce__(self):
+      return (print, ('pwned',))
+
+  torch.save({'model': Evil(), 'ema': {}, 'step': 1}, bad)
+  with pytest.raises(checkpoints.CheckpointError, match='cannot read PyTorch'):
+    checkpoints.import_original(bad, tiny_config())
+
+
+def test_missing_torch_names_the_extra(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  with pytest.raises(ImportError, match=r"sde-jax\[torch\]"):
+    checkpoints.import_original(PTH, tiny_config())
+
+
+def test_ncsnv2_torch_checkpoint_needs_pytorch_flavour():
+  config = ml_collections.ConfigDict(
+      json.loads((DATA / 'torch_ncsnv2_64.json').read_text())['config'])
+  with pytest.raises(checkpoints.CheckpointError, match='flavour=pytorch'):
+    checkpoints.import_original(DATA / 'torch_ncsnv2_64.pth', config)
+
+
+@pytest.mark.parametrize('relative, millions', [
+    ('ve/cifar10_ncsnpp_continuous.py', 62.76),
+    ('ve/cifar10_ncsnpp_deep_continuous.py', 107.59),
+    ('ve/cifar10_ncsnpp.py', 62.69),
+    ('vp/cifar10_ddpmpp_continuous.py', 61.80),
+    ('vp/cifar10_ddpmpp_deep_continuous.py', 106.63),
+    ('vp/ddpm/cifar10.py', 35.22),
+    ('ve/ncsnv2/cifar10.py', 33.97),
+    ('ve/celebahq_256_ncsnpp_continuous.py', 65.57),
+    ('ve/ffhq_ncsnpp_continuous.py', 105.79),
+])
+def test_parameter_counts_of_the_full_configs(relative, millions):
+  """The paper's model sizes, counted from shapes alone (jax.eval_shape, nothing allocated)."""
+  config = load_config(relative)
+  shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
+  template, _ = checkpoints.param_template(models.get_model(config), shape)
+  count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(template))
+  assert round(count / 1e6, 2) == millions
