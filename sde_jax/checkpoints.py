@@ -323,3 +323,57 @@ def import_original(path: str | os.PathLike, config) -> ImportedState:
         "the JAX original's; set --config.model.flavour=pytorch (and keep it for sampling).")
   layout, buffers = layouts[name]
   return import_torch(path, flat_template, order, layout, buffers)
+
+
+# --------------------------------------------------------------------------------------------
+# sde-jax's own checkpoints (orbax): DIR/checkpoints/<step>/{params, params_ema, meta}.
+
+ITEMS = ('params', 'params_ema', 'meta')
+
+
+def checkpoint_manager(workdir: str | os.PathLike):
+  """The orbax CheckpointManager of ``workdir`` (``workdir/checkpoints``)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  directory = os.path.abspath(os.path.join(os.fspath(workdir), 'checkpoints'))
+  return ocp.CheckpointManager(directory, item_names=ITEMS)
+
+
+def save_imported(workdir: str | os.PathLike, state: ImportedState, meta: dict) -> str:
+  """Writes ``state`` as step ``state.step`` of ``workdir``'s checkpoints; never overwrites."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  manager = checkpoint_manager(workdir)
+  if state.step in manager.all_steps():
+    raise FileExistsError(f'{manager.directory} already holds step {state.step}; choose another '
+                          '--workdir (existing checkpoints are never overwritten).')
+  manager.save(state.step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state.params),
+      params_ema=ocp.args.StandardSave(state.params_ema),
+      meta=ocp.args.JsonSave({**meta, 'step': state.step})))
+  manager.wait_until_finished()
+  manager.close()
+  return os.path.join(str(manager.directory), str(state.step))
+
+
+def restore(workdir: str | os.PathLike, step: int | None = None) -> tuple[ImportedState, dict]:
+  """The latest (or given) step of ``workdir``'s checkpoints, and its metadata."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  manager = checkpoint_manager(workdir)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint under {manager.directory}.')
+  out = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(), params_ema=ocp.args.StandardRestore(),
+      meta=ocp.args.JsonRestore()))
+  manager.close()
+  return ImportedState(out['params'], out['params_ema'], step), dict(out['meta'])
+
+
+def import_to_workdir(config, checkpoint: str, workdir: str) -> str:
+  """``sde-jax import``: reads an original checkpoint and stores it as an orbax checkpoint."""
+  state = import_original(checkpoint, config)
+  count = sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(state.params))
+  path = save_imported(workdir, state, {'source': os.path.abspath(checkpoint),
+                                        'model': config.model.name, 'num_params': count})
+  print(f'Imported {checkpoint} (step {state.step}, {count:,} parameters, EMA included) '
+        f'into {path}')
+  return path

@@ -14,6 +14,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and reports.')
+flags.DEFINE_string('checkpoint', None, 'import: an original checkpoint (score_sde checkpoint_N '
+                    'or score_sde_pytorch .pth).')
 
 
 def _toy(config, workdir):
@@ -22,7 +24,14 @@ def _toy(config, workdir):
   print(open(f'{workdir}/report.md').read())
 
 
-COMMANDS = {'toy': _toy}
+def _import(config, workdir):
+  if FLAGS.checkpoint is None:
+    raise app.UsageError('sde-jax import needs --checkpoint PATH.')
+  from sde_jax import checkpoints
+  checkpoints.import_to_workdir(config, FLAGS.checkpoint, workdir)
+
+
+COMMANDS = {'toy': _toy, 'import': _import}
 
 
 def _main(argv):

@@ -115,3 +115,25 @@ def test_parameter_counts_of_the_full_configs(relative, millions):
   template, _ = checkpoints.param_template(models.get_model(config), shape)
   count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(template))
   assert round(count / 1e6, 2) == millions
+
+
+def test_import_cli_writes_a_restorable_orbax_checkpoint(tmp_path):
+  import subprocess
+  workdir = tmp_path / 'run'
+  cmd = [sys.executable, '-m', 'sde_jax.cli', 'import', '--config',
+         str(CONFIGS / 've/cifar10_ncsnpp_continuous.py'), '--config.model.nf=16',
+         '--config.model.ch_mult=(1,2,2)', '--config.model.num_res_blocks=1',
+         '--config.model.attn_resolutions=(8,)', '--config.data.image_size=16',
+         '--checkpoint', str(PTH), '--workdir', str(workdir)]
+  result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'step 1234' in result.stdout
+  restored, meta = checkpoints.restore(workdir)
+  expected = checkpoints.import_original(PTH, tiny_config())
+  assert restored.step == 1234 and meta['source'] == str(PTH)
+  for a, b in zip(jax.tree_util.tree_leaves(restored.params_ema),
+                  jax.tree_util.tree_leaves(expected.params_ema)):
+    np.testing.assert_array_equal(a, b)
+  # A second import into the same workdir must not overwrite what is there.
+  again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+  assert again.returncode != 0 and 'never overwritten' in again.stderr
