@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 import numpy as np
 from flax import serialization, traverse_util
 
@@ -205,6 +206,15 @@ def all_modules_layout(order: list[Path], torch_keys: list[str]) -> dict[Path, s
                        _TORCH_LEAF.get(p[-1], p[-1])]) for p in order}
 
 
+def unused_time_projections(order: list[Path], torch_keys: list[str]) -> set[str]:
+  """Arrays a PyTorch NCSN++ / DDPM++ checkpoint holds but never uses: with
+  ``conditional=False`` the port still creates each residual block's time projection
+  (``all_modules.i.Dense_0``), and its forward pass skips it. Empty for conditional models."""
+  if any(p[0] == 'Dense_0' for p in order):
+    return set()
+  return {k for k in torch_keys if re.fullmatch(r'all_modules\.\d+\.Dense_0\.(weight|bias)', k)}
+
+
 def _strip_module_prefix(state_dict: Mapping[str, Any], source: str) -> dict[str, Any]:
   prefixed = [k.startswith('module.') for k in state_dict]
   if any(prefixed) and not all(prefixed):
@@ -215,6 +225,7 @@ def _strip_module_prefix(state_dict: Mapping[str, Any], source: str) -> dict[str
 
 
 def _torch_params(state_dict, layout, template, buffers, source) -> Params:
+  """Flax params from ``state_dict``; keys in ``buffers`` are the only ones allowed unused."""
   used = {(v if isinstance(v, str) else v[0]) for v in layout.values()}
   unknown = [k for k in state_dict if k not in used and k not in buffers]
   if unknown:
@@ -232,15 +243,16 @@ def _torch_params(state_dict, layout, template, buffers, source) -> Params:
   return traverse_util.unflatten_dict(flat)
 
 
-def _ema_state_dict(state_dict, ema, layout, frozen, source) -> dict[str, Any]:
+def _ema_state_dict(state_dict, ema, layout, frozen, unused, source) -> dict[str, Any]:
   """The model's state_dict with the EMA shadow params in place of the trainable ones.
 
   ``ema['shadow_params']`` lists the parameters that require grad in module order, which is
-  the state_dict order without buffers and without frozen parameters (Fourier features).
+  the state_dict order without buffers and without frozen parameters (Fourier features); the
+  ``unused`` (but trainable) arrays of the PyTorch network hold places in it too.
   """
   _require(ema, ('shadow_params',), f'{source}: ema')
   keys = {(v if isinstance(v, str) else v[0]): p for p, v in layout.items()}
-  trainable = [k for k in state_dict if k in keys and keys[k] not in frozen]
+  trainable = [k for k in state_dict if (k in keys and keys[k] not in frozen) or k in unused]
   shadow = ema['shadow_params']
   if len(shadow) != len(trainable):
     raise CheckpointError(f'{source}: ema.shadow_params has {len(shadow)} arrays, the model '
@@ -262,11 +274,17 @@ def import_torch(path: str, template: Mapping[Path, Any], order: list[Path], lay
   _require(raw, ('model', 'ema', 'step'), f'{path} (score_sde_pytorch checkpoint)')
   state_dict = _strip_module_prefix(raw['model'], path)
   mapping = layout(order, list(state_dict))
+  unused = (unused_time_projections(order, list(state_dict)) if layout is all_modules_layout
+            else set())
+  if unused:
+    logging.warning('%s: dropping %d arrays of per-block time projections that the PyTorch '
+                    'network creates with conditional=False but never uses.', path, len(unused))
   frozen = {p for p in order if p[0].startswith('GaussianFourierProjection')}
-  ema_dict = _ema_state_dict(state_dict, raw['ema'], mapping, frozen, path)
+  ema_dict = _ema_state_dict(state_dict, raw['ema'], mapping, frozen, unused, path)
+  skip = buffers | unused
   return ImportedState(
-      params=_torch_params(state_dict, mapping, template, buffers, f'{path} model'),
-      params_ema=_torch_params(ema_dict, mapping, template, buffers, f'{path} ema'),
+      params=_torch_params(state_dict, mapping, template, skip, f'{path} model'),
+      params_ema=_torch_params(ema_dict, mapping, template, skip, f'{path} ema'),
       step=int(np.asarray(raw['step'])))
 
 

@@ -45,7 +45,8 @@ def torch_ref(request):
   model = models.get_model(config)
   score_fn = models.get_score_fn(sde_lib.from_config(config), model, continuous=True)
   return dict(name=name, config=config, state=state, model=model, score_fn=score_fn,
-              ref=np.load(DATA / f'{name}.npz'), meta=json.loads((DATA / f'{name}.json').read_text()))
+              ref=np.load(DATA / f'{name}.npz'),
+              meta=json.loads((DATA / f'{name}.json').read_text()))
 
 
 def test_torch_step_and_ema(torch_ref):
@@ -121,10 +122,11 @@ def test_flax_checkpoint_scores():
   assert_matches(score, ref['score_nhwc'])
 
 
-@pytest.mark.parametrize('name', ['torch_ddpmpp_output_skip', 'torch_ncsnpp_input_skip_cat'])
+@pytest.mark.parametrize('name', ['torch_ddpmpp_output_skip', 'torch_ncsnpp_input_skip_cat',
+                                  'torch_ddpmpp_unconditional'])
 def test_torch_ncsnpp_variants(name):
   """Knobs the shared references leave out (output_skip with FIR, input_skip + cat, no skip
-  rescale), against the original PyTorch network (fixtures made by
+  rescale, unconditional with FIR), against the original PyTorch network (fixtures made by
   tools/make_torch_fixtures.py; see their JSON). The PyTorch port cannot run the residual output
   pyramid or DDPM resblocks (its FIR conv-upsampling and nearest upsampling both crash); those
   paths equal the original JAX functions exactly (checked once, docs/models.md)."""

@@ -54,7 +54,8 @@ def numpy_upsample_then_conv(x, w, stride):
   """Zero-insertion upsampling, then a fully padded correlation with w (HWIO)."""
   n, h, wd, _ = x.shape
   k = w.shape[0]
-  z = np.zeros((n, (h - 1) * stride + 1 + 2 * (k - 1), (wd - 1) * stride + 1 + 2 * (k - 1), x.shape[3]))
+  size = lambda m: (m - 1) * stride + 1 + 2 * (k - 1)
+  z = np.zeros((n, size(h), size(wd), x.shape[3]))
   z[:, k - 1:k - 1 + (h - 1) * stride + 1:stride, k - 1:k - 1 + (wd - 1) * stride + 1:stride] = x
   out_h, out_w = z.shape[1] - k + 1, z.shape[2] - k + 1
   out = np.zeros((n, out_h, out_w, w.shape[3]))

@@ -92,7 +92,7 @@ class DDPM(nn.Module):
   Called as ``model(x, labels, train)`` with ``x`` NHWC in model space ([0, 1], mapped to
   [-1, 1] here unless ``centered``) and ``labels`` the time labels fed to the sinusoidal
   embedding (``999 t`` or ``(N - 1) t`` for VP). With ``scale_by_sigma`` (SMLD training) the
-  output is divided by ``sigmas[labels.astype(jnp.int32)]``, the descending VE levels, and ``labels`` must be
+  output is divided by ``sigmas[labels]``, the descending VE levels, and ``labels`` must be
   integer indices.
   """
 

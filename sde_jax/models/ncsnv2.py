@@ -344,7 +344,7 @@ class NCSNv2(nn.Module):
   Called as ``model(x, labels, train)`` with ``x`` NHWC in model space ([0, 1], mapped to
   [-1, 1] unless ``centered``) and ``labels`` integer indices into the descending noise levels
   ``sigmas = geomspace(sigma_max, sigma_min, num_scales)``; with ``scale_by_sigma`` the output
-  is divided by ``sigmas[labels.astype(jnp.int32)]``. NCSN conditions its normalisations on ``labels``.
+  is divided by ``sigmas[labels]``. NCSN conditions its normalisations on ``labels``.
   """
 
   nf: int = 128

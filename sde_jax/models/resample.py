@@ -132,5 +132,6 @@ class Conv2d(nn.Module):
       x = jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     if self.use_bias:
-      x = x + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).reshape(1, 1, 1, -1)
+      bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+      x = x + bias.reshape(1, 1, 1, -1)
     return x
