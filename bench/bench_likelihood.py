@@ -62,21 +62,22 @@ def main():
   parser.add_argument('--hutchinson_type', default='rademacher',
                       choices=sorted(likelihood.HUTCHINSON_NOISE))
   parser.add_argument('--tol', type=float, default=1e-5, help='rtol = atol')
+  parser.add_argument('--solver', default='rk45', help='an sde_jax.odeint.SOLVERS name')
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
 
   shape = (args.batch, args.size, args.size, args.channels)
   params, data = make_problem(jax.random.key(0), shape)
   print(f'jax {jax.__version__}, devices: {jax.devices()}\n')
-  print('| SDE | data shape | Hutchinson | rtol = atol | NFE | ms / call | ms / NFE |')
-  print('|---|---|---|---|---|---|---|')
+  print('| SDE | data shape | Hutchinson | solver | rtol = atol | NFE | ms / call | ms / NFE |')
+  print('|---|---|---|---|---|---|---|---|')
   for name in args.sdes:
     sde = sde_lib.SDES[name]()
     fn = likelihood.get_likelihood_fn(sde, lambda x: (x + 1.0) / 2.0, args.hutchinson_type,
-                                      rtol=args.tol, atol=args.tol)
+                                      rtol=args.tol, atol=args.tol, solver=args.solver)
     seconds, nfe = time_calls(fn, (jax.random.key(0), gaussian_score_fn(sde), params, data),
                               args.repeats)
-    print(f'| {name} | {shape} | {args.hutchinson_type} | {args.tol:g} | {nfe} | '
+    print(f'| {name} | {shape} | {args.hutchinson_type} | {args.solver} | {args.tol:g} | {nfe} | '
           f'{1e3 * seconds:.1f} | {1e3 * seconds / nfe:.3f} |')
 
 

@@ -87,14 +87,15 @@ def bench_pc(args, shape):
 
 def bench_ode(args, shape):
   """NFE and steady wall time of the ODE sampler (rtol = atol = 1e-5) for VP and VE."""
-  print(f'\n### ODE sampler (dopri5, rtol = atol = {args.tol:g}, shape {shape}, '
+  print(f'\n### ODE sampler ({args.solver}, rtol = atol = {args.tol:g}, shape {shape}, '
         f'score {args.score})\n')
   print('| SDE | NFE | compile (s) | wall per call (ms) | ms per evaluation |')
   print('|---|---|---|---|---|')
   for name, cls in SDES.items():
     sde = cls()
     score_fn, params = make_score_fn(sde, args.score, args.data_std, shape[-1])
-    sampler = sampling.get_ode_sampler(sde, shape, rtol=args.tol, atol=args.tol)
+    sampler = sampling.get_ode_sampler(sde, shape, rtol=args.tol, atol=args.tol,
+                                       solver=args.solver)
     first, _ = timed(sampler, jax.random.key(0), score_fn, params)
     runs = [timed(sampler, jax.random.key(i + 1), score_fn, params)
             for i in range(args.repeats)]
@@ -114,6 +115,7 @@ def main():
   parser.add_argument('--score', choices=['gaussian', 'conv'], default='gaussian')
   parser.add_argument('--data-std', type=float, default=0.5)
   parser.add_argument('--tol', type=float, default=1e-5)
+  parser.add_argument('--solver', default='rk45', help='an sde_jax.odeint.SOLVERS name')
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args()
   shape = (args.batch, args.size, args.size, args.channels)
