@@ -40,14 +40,17 @@ def upfirdn2d(x: Array, k: np.ndarray, up: int = 1, down: int = 1, pad0: int = 0
      footprint lies inside the padded signal (length ``H u + pad0 + pad1 - len(k) + 1``);
   4. keep every ``d``-th sample, starting with the first.
   """
-  c = x.shape[-1]
+  n, h, w, c = x.shape
   k = np.asarray(k, dtype=np.float32)
-  spatial = (pad0, pad1 + up - 1, up - 1)
-  x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), spatial, spatial, (0, 0, 0)])
-  kernel = jnp.asarray(np.tile(k[::-1, ::-1, None, None], (1, 1, 1, c)), x.dtype)
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(down, down), padding='VALID',
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+  # Channels go into the batch so that one single-channel convolution filters them all (several
+  # times faster on CPU than a depthwise, feature-grouped one), and the zero insertion is the
+  # convolution's input dilation, so no zero-filled array is built.
+  y = jnp.transpose(x, (0, 3, 1, 2)).reshape(n * c, h, w, 1)
+  y = jax.lax.conv_general_dilated(
+      y, jnp.asarray(k[::-1, ::-1, None, None], x.dtype), window_strides=(down, down),
+      padding=[(pad0, pad1 + up - 1)] * 2, lhs_dilation=(up, up),
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return jnp.transpose(y.reshape(n, c, y.shape[1], y.shape[2]), (0, 2, 3, 1))
 
 
 def upsample_2d(x: Array, k: Sequence[float] = (1, 1), factor: int = 2) -> Array:
