@@ -1,0 +1,107 @@
+"""One code path for one CPU, one GPU and a TPU pod: a device mesh and the shardings on it.
+
+The mesh has two axes: ``data`` and ``fsdp``. A batch is split over all devices (both axes);
+parameters and optimizer state of large arrays are split over ``fsdp`` (fully sharded data
+parallel), everything else is replicated. With ``fsdp = 1`` this is plain data parallelism.
+On several hosts, ``initialize()`` connects the processes, each host feeds its own part of the
+global batch and :func:`host_local_to_global` assembles the global array.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ('data', 'fsdp')
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> None:
+  """Connects the processes of a multi-host job (no-op for a single process).
+
+  With no arguments, ``jax.distributed.initialize()`` discovers the cluster itself on TPU pods
+  and under SLURM; the arguments (or ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+  ``JAX_PROCESS_ID``) name a coordinator explicitly, as the local launcher does.
+  """
+  coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if num_processes is None and 'JAX_NUM_PROCESSES' in os.environ:
+    num_processes = int(os.environ['JAX_NUM_PROCESSES'])
+  if process_id is None and 'JAX_PROCESS_ID' in os.environ:
+    process_id = int(os.environ['JAX_PROCESS_ID'])
+  explicit = coordinator_address is not None
+  cluster = any(k in os.environ for k in ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES',
+                                          'MEGASCALE_COORDINATOR_ADDRESS'))
+  if not explicit and not cluster:
+    return
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+
+
+def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
+  """A ``(data, fsdp)`` mesh over ``devices`` (default: all devices of all processes).
+
+  Raises:
+    ValueError: if ``fsdp`` does not divide the number of devices.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f'parallel.fsdp={fsdp} must be a positive divisor of the number of '
+                     f'devices, {len(devices)}.')
+  grid = np.asarray(devices, dtype=object).reshape(len(devices) // fsdp, fsdp)
+  return Mesh(grid, ('data', 'fsdp'))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every device of the mesh."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def _param_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
+  """Shards the largest axis divisible by ``fsdp`` of arrays with at least ``min_size``
+  elements over the ``fsdp`` axis; replicates the rest."""
+  if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return P()
+  candidates = [i for i in np.argsort(shape)[::-1] if shape[i] % fsdp == 0]
+  if not candidates:
+    return P()
+  spec = [None] * len(shape)
+  spec[int(candidates[0])] = 'fsdp'
+  return P(*spec)
+
+
+def param_shardings(mesh: Mesh, tree: Any, min_size: int = 2 ** 16) -> Any:
+  """A ``NamedSharding`` for every array (or ``ShapeDtypeStruct``) leaf of ``tree``."""
+  fsdp = mesh.shape['fsdp']
+  return jax.tree_util.tree_map(
+      lambda leaf: NamedSharding(mesh, _param_spec(tuple(leaf.shape), fsdp, min_size)), tree)
+
+
+def check_batch_size(global_batch: int, mesh: Mesh) -> int:
+  """The per-process batch size, after checking that ``global_batch`` splits evenly.
+
+  Raises:
+    ValueError: at start-up, naming the batch size and the device / process counts.
+  """
+  if global_batch % mesh.size:
+    raise ValueError(f'training.batch_size={global_batch} is not divisible by the number of '
+                     f'devices, {mesh.size}; choose a multiple of {mesh.size}.')
+  if global_batch % jax.process_count():
+    raise ValueError(f'training.batch_size={global_batch} is not divisible by the number of '
+                     f'processes, {jax.process_count()}.')
+  return global_batch // jax.process_count()
+
+
+def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
+  """This process's part of a batch (numpy, leading axis = per-process batch) -> global arrays
+  sharded over the mesh (``jax.make_array_from_process_local_data``)."""
+  sharding = batch_sharding(mesh)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
