@@ -129,7 +129,10 @@ def test_image_config_fields(rel):
   assert model.name in MODEL_FIELDS
   assert not [n for n in MODEL_FIELDS[model.name] if n not in model]
   assert not [n for n in DATA_FIELDS.get(data.dataset, ()) if n not in data]
-  assert data.num_channels == 3 and data.image_size in (32, 64, 128, 256, 1024)
+  if data.dataset == 'digits':  # the embedded gray-scale set of the README's demo
+    assert data.num_channels == 1 and data.image_size % 8 == 0 and not data.random_flip
+  else:
+    assert data.num_channels == 3 and data.image_size in (32, 64, 128, 256, 1024)
   assert 0 < model.sigma_min < model.sigma_max and 0 < model.beta_min < model.beta_max
   assert 0 <= model.ema_rate < 1 and 0 <= model.dropout < 1
   if model.name == 'ncsn':  # one noise-conditional embedding per noise level
