@@ -26,6 +26,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   With no arguments, ``jax.distributed.initialize()`` discovers the cluster itself on TPU pods
   and under SLURM; the arguments (or ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
   ``JAX_PROCESS_ID``) name a coordinator explicitly, as the local launcher does.
+  ``SDE_JAX_DISTRIBUTED=1`` forces initialisation where nothing in the environment shows a
+  cluster (Cloud TPU VMs).
   """
   coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
   if num_processes is None and 'JAX_NUM_PROCESSES' in os.environ:
@@ -35,7 +37,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   explicit = coordinator_address is not None
   cluster = any(k in os.environ for k in ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES',
                                           'MEGASCALE_COORDINATOR_ADDRESS'))
-  if not explicit and not cluster:
+  # Cloud TPU VMs set none of the above (jax finds the slice from the metadata server), so
+  # launch/tpu_pod.sh asks for initialisation explicitly.
+  requested = os.environ.get('SDE_JAX_DISTRIBUTED') == '1'
+  if not explicit and not cluster and not requested:
     return
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id)
