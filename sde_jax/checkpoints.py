@@ -302,7 +302,7 @@ def _torch_layouts() -> dict[str, tuple[Layout, frozenset[str]]]:
 
   ncsn = (by_template(ncsnv2.torch_layout), ncsnv2.TORCH_BUFFERS)
   return {'ncsnpp': (all_modules_layout, frozenset({'sigmas'})),
-          'ddpm': (by_template(ddpm.torch_layout), ddpm.TORCH_BUFFERS),
+          'ddpm': (all_modules_layout, ddpm.TORCH_BUFFERS),
           'ncsnv2_64': ncsn, 'ncsnv2_128': ncsn, 'ncsnv2_256': ncsn, 'ncsn': ncsn}
 
 

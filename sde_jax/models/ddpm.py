@@ -8,7 +8,6 @@ checkpoints; :func:`torch_layout` maps them onto the PyTorch port's ``all_module
 from __future__ import annotations
 
 import functools
-import re
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -177,90 +176,8 @@ def ddpm_from_config(config, flavour: str = 'jax') -> DDPM:
 
 
 # ---------------------------------------------------------------------------------------------
-# PyTorch checkpoints (score_sde_pytorch): the network's modules sit in ``all_modules``, a
-# ModuleList in creation order; inside a block the names equal Flax's (the port kept them).
+# PyTorch checkpoints (score_sde_pytorch): the network's modules sit in ``all_modules`` in
+# creation order, the order of the Flax modules, so ``checkpoints.all_modules_layout`` maps them.
 
 TORCH_BUFFERS = frozenset({'sigmas'})
 """State-dict keys of the PyTorch DDPM that are buffers, not parameters."""
-
-_TORCH_LEAF = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias', 'W': 'W', 'b': 'b'}
-
-
-def _torch_modules(torch_keys: Sequence[str]) -> list[tuple[int, set[str]]]:
-  """``[(i, {attribute names inside all_modules.i})]`` in ModuleList order."""
-  groups: dict[int, set[str]] = {}
-  for key in torch_keys:
-    match = re.fullmatch(r'all_modules\.(\d+)\.(.+)', key)
-    if match:
-      groups.setdefault(int(match.group(1)), set()).add(match.group(2))
-  return sorted(groups.items())
-
-
-def _torch_kind(names: set[str]) -> str:
-  """The class of a PyTorch DDPM module, told by its parameter names."""
-  if 'Conv_1.weight' in names:
-    return 'ResnetBlockDDPM'
-  if 'NIN_0.W' in names:
-    return 'AttnBlock'
-  if names == {'Conv_0.weight', 'Conv_0.bias'}:
-    return 'resample'
-  if names == {'weight', 'bias'}:
-    return 'plain'
-  raise ValueError(f'Unexpected module in a PyTorch DDPM state dict: {sorted(names)}')
-
-
-def _flax_names(kinds: list[str], conditional: bool) -> list[str]:
-  """Flax's automatic names of the modules listed (in creation order) by ``kinds``.
-
-  Plain layers are the embedding Denses and the input conv at the start, the output GroupNorm
-  and conv at the end. Resampling layers cannot be told apart by their parameters, but every
-  Downsample comes before every Upsample and there are as many of each.
-  """
-  plain = (['Dense_0', 'Dense_1'] if conditional else []) + ['Conv_0', 'GroupNorm_0', 'Conv_1']
-  if kinds.count('plain') != len(plain):
-    raise ValueError(f'A PyTorch DDPM ({"" if conditional else "un"}conditional) has '
-                     f'{len(plain)} plain layers; this state dict has {kinds.count("plain")}.')
-  n_down = kinds.count('resample') // 2
-  counts = {'plain': 0, 'resample': 0}
-  names = []
-  for kind in kinds:
-    if kind == 'plain':
-      names.append(plain[counts['plain']])
-    elif kind == 'resample':
-      kind = 'Downsample' if counts['resample'] < n_down else 'Upsample'
-      counts['resample'] += 1
-    if kind != 'plain':
-      names.append(f'{kind}_{counts.get(kind, 0)}')
-    counts[kind] = counts.get(kind, 0) + 1
-  return names
-
-
-def torch_layout(template, torch_keys: Sequence[str]) -> dict[tuple[str, ...], str]:
-  """Where each Flax parameter of a :class:`DDPM` lies in a score_sde_pytorch state dict.
-
-  Args:
-    template: the nested dict of the Flax params (arrays or ``jax.ShapeDtypeStruct``).
-    torch_keys: the state-dict keys, ``module.`` prefix removed, in the saved order.
-
-  Returns:
-    ``{flax leaf path: torch key}`` for every leaf of ``template``. Values need only the
-    generic conversion (OIHW -> HWIO for 4-D kernels, transposed 2-D kernels).
-  """
-  modules = _torch_modules(torch_keys)
-  kinds = [_torch_kind(names) for _, names in modules]
-  flax_names = _flax_names(kinds, conditional='Dense_0' in template)
-  index = dict(zip(flax_names, (i for i, _ in modules)))
-  if set(index) != {name for name, sub in template.items() if sub}:
-    raise ValueError('The PyTorch state dict does not describe this DDPM: its modules map to '
-                     f'{sorted(index)}, the Flax params have {sorted(template)}.')
-  layout = {}
-  for path, _ in jax.tree_util.tree_flatten_with_path(template)[0]:
-    names = tuple(p.key for p in path)
-    layout[names] = '.'.join(('all_modules', str(index[names[0]])) + names[1:-1]
-                             + (_TORCH_LEAF[names[-1]],))
-  available = set(torch_keys)
-  missing = {'/'.join(path): key for path, key in layout.items() if key not in available}
-  if missing:
-    raise KeyError(f'{len(missing)} parameters have no source in the PyTorch state dict, e.g. '
-                   f'{next(iter(missing.items()))}.')
-  return layout

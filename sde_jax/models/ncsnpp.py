@@ -65,13 +65,18 @@ class AttnBlockpp(nn.Module):
     return _merge(x, h, self.skip_rescale)
 
 
-class Upsample(nn.Module):
-  """x2 upsampling: nearest or FIR, optionally with a convolution (fused when FIR)."""
+class _Resample(nn.Module):
+  """Fields shared by :class:`Upsample` and :class:`Downsample` (their class names are part of
+  the parameter names, so the two stay separate classes)."""
 
   out_ch: Optional[int] = None
   with_conv: bool = False
   fir: bool = False
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
+
+
+class Upsample(_Resample):
+  """x2 upsampling: nearest or FIR, optionally with a convolution (fused when FIR)."""
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -84,13 +89,8 @@ class Upsample(nn.Module):
     return conv3x3(h, out_ch) if self.with_conv else h
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
   """x2 downsampling: average pooling or FIR, optionally with a convolution."""
-
-  out_ch: Optional[int] = None
-  with_conv: bool = False
-  fir: bool = False
-  fir_kernel: Sequence[int] = (1, 3, 3, 1)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:

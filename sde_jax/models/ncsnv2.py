@@ -114,14 +114,18 @@ def _residual(x: Array, norm: Callable[[Array], Array], output_dim: int, resampl
   return ncsn_conv(h, output_dim, dilation=dilation) + shortcut
 
 
-class ResidualBlock(nn.Module):
-  """Pre-activation residual block of the NCSNv2 backbone."""
+class _ResidualFields(nn.Module):
+  """Fields of the two residual blocks (separate classes: their names are parameter names)."""
 
   output_dim: int
   normalization: Callable
   resample: Optional[str] = None
   act: Callable = nn.elu
   dilation: int = 1
+
+
+class ResidualBlock(_ResidualFields):
+  """Pre-activation residual block of the NCSNv2 backbone."""
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -129,14 +133,8 @@ class ResidualBlock(nn.Module):
     return _residual(x, norm, self.output_dim, self.resample, self.act, self.dilation)
 
 
-class ConditionalResidualBlock(nn.Module):
+class ConditionalResidualBlock(_ResidualFields):
   """:class:`ResidualBlock` with noise-conditional normalisations (NCSN)."""
-
-  output_dim: int
-  normalization: Callable
-  resample: Optional[str] = None
-  act: Callable = nn.elu
-  dilation: int = 1
 
   @nn.compact
   def __call__(self, x: Array, y: Array) -> Array:
