@@ -14,9 +14,11 @@ def get_default_configs():
   config.training = ml_collections.ConfigDict(dict(
       batch_size=128, n_iters=1300001,
       log_freq=50, eval_freq=100, snapshot_freq=50000,
-      # Extra checkpoints that a preempted job resumes from (overwritten each time).
-      snapshot_freq_for_preemption=10000,
+      # Checkpoints that a preempted job resumes from; the last keep_last of them are kept,
+      # besides every snapshot_freq-th checkpoint, which is kept for good.
+      snapshot_freq_for_preemption=10000, keep_last=2,
       snapshot_sampling=True,  # draw a batch of samples at each snapshot
+      snapshot_num_samples=64,  # its size (the original drew one training batch)
       n_jitted_steps=5,  # training steps per compiled call
       continuous=True, reduce_mean=False, likelihood_weighting=False,
   ))
@@ -42,6 +44,8 @@ def get_default_configs():
       # score_sde checkpoints, 'pytorch' for score_sde_pytorch ones.
       flavour='jax',
   ))
+  # Device mesh: fsdp > 1 shards parameters and optimizer state over that many devices.
+  config.parallel = ml_collections.ConfigDict(dict(fsdp=1))
   config.optim = ml_collections.ConfigDict(dict(
       optimizer='Adam', lr=2e-4, beta1=0.9, eps=1e-8, weight_decay=0.,
       warmup=5000, grad_clip=1.,

@@ -53,7 +53,11 @@ def get_config():
   model.num_scales = 1000
 
   config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = 'Adam'
   optim.lr = 2e-3
+  optim.beta1 = 0.9
+  optim.eps = 1e-8
+  optim.weight_decay = 0.0
   optim.warmup = 100
   optim.grad_clip = 1.0
   return config

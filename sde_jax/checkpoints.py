@@ -344,46 +344,105 @@ def import_original(path: str | os.PathLike, config) -> ImportedState:
 
 
 # --------------------------------------------------------------------------------------------
-# sde-jax's own checkpoints (orbax): DIR/checkpoints/<step>/{params, params_ema, meta}.
+# sde-jax's own checkpoints (orbax): DIR/checkpoints/<step>/{params, params_ema, meta}, plus
+# {opt_state, loop} in the checkpoints that `sde-jax train` writes (loop: step count and key).
 
 ITEMS = ('params', 'params_ema', 'meta')
+TRAIN_ITEMS = ITEMS + ('opt_state', 'loop')
 
 
-def checkpoint_manager(workdir: str | os.PathLike):
-  """The orbax CheckpointManager of ``workdir`` (``workdir/checkpoints``)."""
+def checkpoint_manager(workdir: str | os.PathLike, *, keep_last: int | None = None,
+                       keep_every: int | None = None, item_names: tuple[str, ...] = ITEMS):
+  """The orbax CheckpointManager of ``workdir`` (``workdir/checkpoints``).
+
+  Args:
+    workdir: the job's directory.
+    keep_last: keep only the last ``keep_last`` checkpoints, besides those that ``keep_every``
+      keeps; None keeps every checkpoint.
+    keep_every: with ``keep_last``, also keep every checkpoint whose step is a multiple of it.
+    item_names: the items the manager saves.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint import checkpoint_managers as policies  # pylint: disable=g-import-not-at-top
   directory = os.path.abspath(os.path.join(os.fspath(workdir), 'checkpoints'))
-  return ocp.CheckpointManager(directory, item_names=ITEMS)
+  policy = None
+  if keep_last is not None:
+    policy = policies.AnyPreservationPolicy([policies.LatestN(keep_last)] + (
+        [policies.EveryNSteps(keep_every)] if keep_every else []))
+  # Leftovers of a save that a killed job never finished are temporary directories; remove them.
+  options = ocp.CheckpointManagerOptions(preservation_policy=policy,
+                                         cleanup_tmp_directories=True)
+  return ocp.CheckpointManager(directory, item_names=item_names, options=options)
+
+
+def save_items(manager, step: int, trees: Mapping[str, Any], meta: dict) -> None:
+  """Saves ``trees`` (item name -> pytree) and ``meta`` (JSON) as ``step``; asynchronous.
+
+  Raises:
+    FileExistsError: if ``step`` exists already (checkpoints are never overwritten).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  if step in manager.all_steps():
+    raise FileExistsError(f'{manager.directory} already holds step {step}; choose another '
+                          '--workdir (existing checkpoints are never overwritten).')
+  args = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
+  # force: the caller decides when to save; orbax's own interval policy must not skip a step.
+  manager.save(step, force=True, args=ocp.args.Composite(
+      **args, meta=ocp.args.JsonSave({**meta, 'step': step})))
+
+
+def restore_items(manager, step: int, targets: Mapping[str, Any]) -> dict[str, Any]:
+  """Restores the items named in ``targets`` and ``meta`` of ``step``.
+
+  ``targets`` maps an item name to its abstract pytree (``jax.ShapeDtypeStruct`` leaves, with a
+  ``sharding`` to restore sharded arrays) or to None (arrays as saved).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
+  return dict(manager.restore(step, args=ocp.args.Composite(**args, meta=ocp.args.JsonRestore())))
+
+
+def has_item(manager, step: int, item: str) -> bool:
+  """Whether checkpoint ``step`` holds ``item`` (imported checkpoints hold no optimizer state)."""
+  return (manager.directory / str(step) / item).exists()
 
 
 def save_imported(workdir: str | os.PathLike, state: ImportedState, meta: dict) -> str:
   """Writes ``state`` as step ``state.step`` of ``workdir``'s checkpoints; never overwrites."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   manager = checkpoint_manager(workdir)
-  if state.step in manager.all_steps():
-    raise FileExistsError(f'{manager.directory} already holds step {state.step}; choose another '
-                          '--workdir (existing checkpoints are never overwritten).')
-  manager.save(state.step, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(state.params),
-      params_ema=ocp.args.StandardSave(state.params_ema),
-      meta=ocp.args.JsonSave({**meta, 'step': state.step})))
+  save_items(manager, state.step, {'params': state.params, 'params_ema': state.params_ema}, meta)
   manager.wait_until_finished()
   manager.close()
   return os.path.join(str(manager.directory), str(state.step))
 
 
-def restore(workdir: str | os.PathLike, step: int | None = None) -> tuple[ImportedState, dict]:
-  """The latest (or given) step of ``workdir``'s checkpoints, and its metadata."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  manager = checkpoint_manager(workdir)
+def latest_step(manager, step: int | None = None) -> int:
+  """``step``, or the latest step of ``manager``; FileNotFoundError if there is none."""
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint under {manager.directory}.')
-  out = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(), params_ema=ocp.args.StandardRestore(),
-      meta=ocp.args.JsonRestore()))
+  return step
+
+
+def restore(workdir: str | os.PathLike, step: int | None = None) -> tuple[ImportedState, dict]:
+  """The latest (or given) step of ``workdir``'s checkpoints, and its metadata."""
+  manager = checkpoint_manager(workdir)
+  step = latest_step(manager, step)
+  out = restore_items(manager, step, {'params': None, 'params_ema': None})
   manager.close()
   return ImportedState(out['params'], out['params_ema'], step), dict(out['meta'])
+
+
+def restore_params(workdir: str | os.PathLike, target: Any, item: str = 'params_ema',
+                   step: int | None = None) -> tuple[Any, int]:
+  """One parameter item (``params_ema`` by default) of the latest (or given) checkpoint,
+  restored into ``target``'s shapes and shardings; and its step. Reads imported and trained
+  checkpoints alike."""
+  manager = checkpoint_manager(workdir)
+  step = latest_step(manager, step)
+  out = restore_items(manager, step, {item: target})
+  manager.close()
+  return out[item], step
 
 
 def import_to_workdir(config, checkpoint: str, workdir: str) -> str:

@@ -5,6 +5,8 @@ Flags only; each command calls one function.
 
 from __future__ import annotations
 
+import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
@@ -16,6 +18,7 @@ config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections confi
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and reports.')
 flags.DEFINE_string('checkpoint', None, 'import: an original checkpoint (score_sde checkpoint_N '
                     'or score_sde_pytorch .pth).')
+flags.DEFINE_integer('num_samples', None, 'sample: how many images to draw.')
 
 
 def _toy(config, workdir):
@@ -31,7 +34,20 @@ def _import(config, workdir):
   checkpoints.import_to_workdir(config, FLAGS.checkpoint, workdir)
 
 
-COMMANDS = {'toy': _toy, 'import': _import}
+def _train(config, workdir):
+  from sde_jax import train
+  train.train_and_evaluate(config, workdir)
+
+
+def _sample(config, workdir):
+  if FLAGS.num_samples is None:
+    raise app.UsageError('sde-jax sample needs --num_samples N.')
+  from sde_jax import train
+  path = train.sample(config, workdir, FLAGS.num_samples)
+  print(f'Wrote {FLAGS.num_samples} samples to {path}')
+
+
+COMMANDS = {'toy': _toy, 'import': _import, 'train': _train, 'sample': _sample}
 
 
 def _main(argv):
@@ -41,7 +57,13 @@ def _main(argv):
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError('--config and --workdir are required.')
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   COMMANDS[argv[1]](FLAGS.config, FLAGS.workdir)
+
+
+def _quiet_orbax(record) -> bool:
+  """orbax reports each save and restore in dozens of INFO lines; keep its warnings only."""
+  return record.levelno >= std_logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
 
 
 def main():

@@ -10,75 +10,44 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm import tqdm
 
 from sde_jax import data as data_lib
-from sde_jax import likelihood, losses, metrics, models, sampling, viz
+from sde_jax import likelihood, losses, metrics, models, sampling, train, viz
 from sde_jax import sde as sde_lib
 
 OUTPUTS = ('samples.png', 'report.md', 'report.json')
 
 
-@flax.struct.dataclass
-class ToyState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  params_ema: Any
+def train_toy(config, key, progress: bool = True) -> tuple[train.TrainState, list[dict]]:
+  """Trains the configured model on ``config.data.dataset``; returns the state and a loss log.
 
-
-def make_optimizer(config) -> optax.GradientTransformation:
-  """Adam with linear warm-up and global-norm clipping (the original's optimizer)."""
-  oc = config.optim
-  schedule = optax.linear_schedule(0.0, oc.lr, max(int(oc.warmup), 1))
-  parts = [optax.clip_by_global_norm(oc.grad_clip)] if oc.grad_clip > 0 else []
-  return optax.chain(*parts, optax.adam(schedule))
-
-
-def make_train_step(loss_fn, optimizer, ema_rate: float):
-  """One jitted step: gradient of ``loss_fn``, optimizer update, EMA of the parameters."""
-
-  @jax.jit
-  def train_step(state: ToyState, key, batch):
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = jax.tree_util.tree_map(lambda e, p: ema_rate * e + (1 - ema_rate) * p,
-                                 state.params_ema, params)
-    new_state = ToyState(state.step + 1, params, opt_state, ema)
-    return new_state, {'loss': loss, 'grad_norm': optax.tree.norm(grads)}
-
-  return train_step
-
-
-def train_toy(config, key, progress: bool = True) -> tuple[ToyState, list[dict]]:
-  """Trains the configured model on ``config.data.dataset``; returns the state and a loss log."""
+  The optimizer, state and step are those of :mod:`sde_jax.train` (one step per call); the
+  batch of step ``s`` is drawn from ``fold_in(key, s)``.
+  """
   sde = sde_lib.from_config(config)
   model = models.get_model(config)
   loss_fn = losses.get_loss_fn(config, sde, model, train=True)
-  optimizer = make_optimizer(config)
-  k_init, k_train = jax.random.split(key)
-  params = models.init_params(model, k_init, (1, config.data.dim))
-  state = ToyState(jnp.zeros((), jnp.int32), params, optimizer.init(params), params)
-  train_step = make_train_step(loss_fn, optimizer, config.model.ema_rate)
+  optimizer = train.make_optimizer(config)
+  k_init, k_data = jax.random.split(key)
+  state = train.init_train_state(model, optimizer, (1, config.data.dim), k_init)
+  train_step = jax.jit(train.make_train_step(loss_fn, optimizer, config.model.ema_rate,
+                                             train.learning_rate_schedule(config), unroll=True),
+                       donate_argnums=0)
   n_iters, batch_size = config.training.n_iters, config.training.batch_size
   history = []
   bar = tqdm(range(n_iters), desc='train', disable=not progress, mininterval=1.0)
   for step in bar:
-    k_data, k_loss = jax.random.split(jax.random.fold_in(k_train, step))
-    batch = data_lib.sample_toy(config.data.dataset, k_data, batch_size)
-    state, info = train_step(state, k_loss, batch)
+    batch = data_lib.sample_toy(config.data.dataset, jax.random.fold_in(k_data, step), batch_size)
+    state, info = train_step(state, batch[None])
     if (step + 1) % config.training.log_freq == 0 or step + 1 == n_iters:
-      info = {k: float(v) for k, v in info.items()}
+      info = {k: float(v[0]) for k, v in info.items()}
       if not np.isfinite(info['loss']):
         raise FloatingPointError(f'Non-finite loss {info["loss"]} at step {step + 1}.')
       history.append({'step': step + 1, **info})
@@ -171,13 +140,7 @@ def _report_markdown(config, history, results) -> str:
 
 def _keep_previous_outputs(workdir: str) -> None:
   """Moves outputs of an earlier run into ``workdir/previous-<time>/`` so none is lost."""
-  existing = [f for f in OUTPUTS if os.path.exists(os.path.join(workdir, f))]
-  if existing:
-    backup = os.path.join(workdir, time.strftime('previous-%Y%m%d-%H%M%S'))
-    os.makedirs(backup, exist_ok=False)
-    for f in existing:
-      shutil.move(os.path.join(workdir, f), os.path.join(backup, f))
-    logging.warning('Moved the outputs of an earlier run to %s', backup)
+  train.keep_previous_outputs(workdir, OUTPUTS)
 
 
 def run_toy(config, workdir: str, progress: bool = True) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Pictures people look at: scatter plots of 2-D samples as PNG (no plotting library needed)."""
+"""Pictures people look at, as PNG (no plotting library needed): scatter plots of 2-D samples
+and grids of images."""
 
 from __future__ import annotations
 
@@ -34,3 +35,32 @@ def scatter_png(path: str, panels: dict[str, np.ndarray], extent: float = 3.0,
       cx, cy = x0 + u, 20 + (size - 1 - v)
       draw.ellipse([cx - 1, cy - 1, cx + 1, cy + 1], fill=colour)
   image.save(path)
+
+
+def image_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) -> np.ndarray:
+  """Images (N, H, W, C) as one (rows, cols) grid with ``padding`` black pixels between them.
+
+  ``ncol`` defaults to ``ceil(sqrt(N))``; the last row may be partly empty.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f'expected images of shape (N, H, W, C), got {images.shape}.')
+  n, h, w, c = images.shape
+  ncol = ncol or int(np.ceil(np.sqrt(n)))
+  nrow = -(-n // ncol)
+  grid = np.zeros((nrow * (h + padding) + padding, ncol * (w + padding) + padding, c),
+                  images.dtype)
+  for i, image in enumerate(images):
+    top, left = padding + (i // ncol) * (h + padding), padding + (i % ncol) * (w + padding)
+    grid[top:top + h, left:left + w] = image
+  return grid
+
+
+def image_grid_png(path: str, images_uint8_nhwc: np.ndarray, ncol: int | None = None) -> None:
+  """Writes uint8 images (N, H, W, C) with 1 or 3 channels as one PNG grid."""
+  images = np.asarray(images_uint8_nhwc)
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f'expected uint8 images of shape (N, H, W, 1 or 3), got {images.dtype} '
+                     f'{images.shape}.')
+  grid = image_grid(images, ncol)
+  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)

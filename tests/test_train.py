@@ -1,0 +1,393 @@
+"""Training and sampling jobs: resumption, preemption, non-finite values, retracing, start-up
+checks, sample files; one end-to-end step under ``tfds.testing.mock_data``.
+
+Most tests train a tiny DDPM++ (8 channels, one resolution, 8x8) on the embedded digits over the
+8 fake devices of conftest.py. Identical programs are compiled once: a persistent compilation
+cache, shared with the subprocess of the kill test, serves the later jobs.
+
+Run as ``python -m tests.test_train WORKDIR N_ITERS BLOCK_AT``, this module is the worker of the
+kill test: it trains the tiny config and hangs when asked for train batch ``BLOCK_AT``.
+"""
+
+import importlib.util
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import optax
+import pytest
+
+from sde_jax import checkpoints, parallel, train
+from sde_jax import data as data_lib
+
+ROOT = pathlib.Path(__file__).parent.parent
+CONFIGS = ROOT / 'configs'
+PTH = pathlib.Path(__file__).parent / 'data' / 've_ncsnpp_continuous_tiny.pth'
+
+
+def load_config(relative):
+  spec = importlib.util.spec_from_file_location('config', CONFIGS / relative)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def tiny_config(**training):
+  """The digits DDPM++ shrunk to compile and run in seconds; ``training`` overrides.
+
+  By default: 12 steps of 8 images, 2 per compiled call, a checkpoint every 2 steps (the last
+  one kept) plus every 8th kept for good; no warm-up, so the parameters move from step 1.
+  """
+  config = load_config('digits/ddpmpp_continuous.py')
+  config.model.update(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_scales=8)
+  config.data.image_size = 8
+  config.eval.batch_size = 8
+  config.optim.warmup = 0
+  config.training.update(dict(
+      batch_size=8, n_iters=12, n_jitted_steps=2, log_freq=2, eval_freq=4, snapshot_freq=8,
+      snapshot_freq_for_preemption=2, keep_last=1, snapshot_sampling=False,
+      snapshot_num_samples=8), **training)
+  return config
+
+
+def cache_env(directory):
+  return {'JAX_COMPILATION_CACHE_DIR': str(directory),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for this module (and its subprocesses), then none."""
+  directory = tmp_path_factory.mktemp('jax_cache')
+  names = {'jax_compilation_cache_dir': str(directory),
+           'jax_persistent_cache_min_compile_time_secs': 0,
+           'jax_persistent_cache_min_entry_size_bytes': 0}
+  before = {name: getattr(jax.config, name) for name in names}
+  for name, value in names.items():
+    jax.config.update(name, value)
+  yield directory
+  for name, value in before.items():
+    jax.config.update(name, value)
+
+
+def patch_train_batches(monkeypatch, on_batch):
+  """Calls ``on_batch(index, batch)`` on each train batch the job reads (index counts from the
+  job's start step); its return value replaces the batch."""
+  get_dataset = data_lib.get_dataset
+
+  def wrapped(config, split, **kwargs):
+    batches = get_dataset(config, split, **kwargs)
+    if split != 'train':
+      return batches
+    start = kwargs.get('start_step', 0)
+    return (on_batch(start + i, batch) for i, batch in enumerate(batches))
+
+  monkeypatch.setattr(data_lib, 'get_dataset', wrapped)
+
+
+def steps_on_disk(workdir):
+  manager = checkpoints.checkpoint_manager(workdir)
+  steps = list(manager.all_steps())
+  manager.close()
+  return sorted(steps)
+
+
+def restore_trained(workdir, step=None):
+  """params, params_ema, opt_state and loop of a checkpoint that ``train`` wrote, as saved."""
+  manager = checkpoints.checkpoint_manager(workdir, item_names=checkpoints.TRAIN_ITEMS)
+  step = checkpoints.latest_step(manager, step)
+  out = checkpoints.restore_items(manager, step, {
+      name: None for name in ('params', 'params_ema', 'opt_state', 'loop')})
+  manager.close()
+  return out
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """An uninterrupted 12-step run with snapshot samples; counts the train step's traces."""
+  workdir = tmp_path_factory.mktemp('reference')
+  traces = []
+  make_train_step = train.make_train_step
+
+  def counted(*args, **kwargs):
+    train_steps = make_train_step(*args, **kwargs)
+
+    def traced(state, batches):
+      traces.append(1)
+      return train_steps(state, batches)
+
+    return traced
+
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    monkeypatch.setattr(train, 'make_train_step', counted)
+    state = train.train_and_evaluate(tiny_config(snapshot_sampling=True), str(workdir))
+  return {'workdir': workdir, 'state': state, 'traces': len(traces)}
+
+
+# --------------------------------------------------------------------------------------------
+# An uninterrupted run.
+
+
+def test_run_writes_checkpoints_events_and_snapshots(reference):
+  workdir = reference['workdir']
+  assert int(reference['state'].step) == 12
+  # Saved every 2 steps; the last one kept, and every 8th for good.
+  assert steps_on_disk(workdir) == [8, 12]
+  assert set(checkpoints.TRAIN_ITEMS) <= set(os.listdir(workdir / 'checkpoints' / '12'))
+  assert sorted(os.listdir(workdir / 'samples')) == ['step_12.png', 'step_8.png']
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir / 'tensorboard'))
+  saved = restore_trained(workdir)
+  chex.assert_trees_all_equal(saved['params'], jax.device_get(reference['state'].params))
+  assert int(saved['loop']['step']) == 12 and saved['meta']['source'] == 'sde-jax train'
+
+
+def test_train_step_is_traced_once(reference):
+  """Logging, evaluation, checkpoints and snapshots between steps never retrace the step."""
+  assert reference['traces'] == 1
+
+
+def test_params_moved_and_ema_lags(reference, tmp_path):
+  """The parameters moved from their initial values; the EMA (rate 0.999) moved far less."""
+  state = jax.device_get(reference['state'])
+  config = tiny_config()
+  manager = checkpoints.checkpoint_manager(tmp_path, item_names=checkpoints.TRAIN_ITEMS)
+  start, _, step = train.restore_or_init(manager, train.Job.from_config(config),
+                                         train.make_optimizer(config), parallel.make_mesh(),
+                                         config.seed)
+  manager.close()
+  assert step == 0
+
+  def distance(tree):
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(
+        jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(start.params)))
+
+  assert distance(state.params) > 0
+  assert 0 < distance(state.params_ema) < 0.1 * distance(state.params)
+
+
+# --------------------------------------------------------------------------------------------
+# Faults.
+
+
+def _worker(workdir, n_iters, block_at):
+  """The kill test's training process: hangs when asked for train batch ``block_at``."""
+  def block(index, batch):
+    if index == block_at:
+      print('BLOCKED', flush=True)
+      time.sleep(3600)
+    return batch
+
+  patch_train_batches(pytest.MonkeyPatch(), block)
+  train.train_and_evaluate(tiny_config(n_iters=n_iters), workdir)
+
+
+def _wait_for_checkpoint(proc, workdir, step, timeout=240):
+  path = workdir / 'checkpoints' / str(step)
+  deadline = time.monotonic() + timeout
+  while not (path / 'commit_success.txt').exists():
+    assert proc.poll() is None, f'worker exited with {proc.returncode}'
+    assert time.monotonic() < deadline, f'no checkpoint {step} after {timeout} s'
+    time.sleep(0.1)
+
+
+def test_killed_job_resumes_with_the_same_data_and_randomness(tmp_path, reference,
+                                                             compilation_cache):
+  """kill -9 after the checkpoint of step 8 and a restart give exactly the reference's step 12."""
+  workdir = tmp_path / 'killed'
+  env = {**os.environ, **cache_env(compilation_cache), 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  proc = subprocess.Popen([sys.executable, '-m', 'tests.test_train', str(workdir), '12', '9'],
+                          cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  try:
+    _wait_for_checkpoint(proc, workdir, 8)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert max(steps_on_disk(workdir)) == 8  # older ones may await deletion
+  state = train.train_and_evaluate(tiny_config(), str(workdir))
+  expected = reference['state']
+  assert int(state.step) == 12
+  for field in ('params', 'params_ema', 'opt_state'):
+    chex.assert_trees_all_equal(jax.device_get(getattr(state, field)),
+                                jax.device_get(getattr(expected, field)))
+  np.testing.assert_array_equal(jax.random.key_data(state.key), jax.random.key_data(expected.key))
+
+
+def test_sigterm_saves_the_current_step_and_stops(tmp_path, monkeypatch):
+  """SIGTERM while step 5's batch is read: steps 5-6 finish, step 6 is saved (off the cadence
+  of 4), the job returns, and the previous SIGTERM handler is back."""
+  def sigterm_at_step_5(index, batch):
+    if index == 4:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return batch
+
+  patch_train_batches(monkeypatch, sigterm_at_step_5)
+  before = signal.getsignal(signal.SIGTERM)
+  config = tiny_config(n_iters=16, snapshot_freq_for_preemption=4, keep_last=2, snapshot_freq=16)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 6
+  assert steps_on_disk(tmp_path) == [4, 6]
+  saved = restore_trained(tmp_path)
+  chex.assert_trees_all_equal(saved['params'], jax.device_get(state.params))
+  assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_nan_stops_training_and_is_never_saved(tmp_path, monkeypatch):
+  """A NaN image at step 10 makes the loss NaN; only logged every 16 steps, it is caught
+  before the checkpoint of step 12, and the checkpoint of step 8 stays the last, finite."""
+  def nan_at_step_10(index, batch):
+    if index == 9:
+      batch = {**batch, 'image': np.full_like(batch['image'], np.nan)}
+    return batch
+
+  patch_train_batches(monkeypatch, nan_at_step_10)
+  config = tiny_config(n_iters=16, log_freq=16, eval_freq=16, snapshot_freq=16,
+                       snapshot_freq_for_preemption=4, keep_last=2)
+  with pytest.raises(FloatingPointError, match='Non-finite loss nan at step 10'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert steps_on_disk(tmp_path) == [4, 8]
+  saved = restore_trained(tmp_path)
+  for item in ('params', 'params_ema', 'opt_state'):
+    assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(saved[item])), item
+
+
+def test_non_finite_parameters_are_refused(tmp_path):
+  params = {'dense': {'kernel': np.ones((2, 2), np.float32)}}
+  state = train.TrainState(np.int32(3), params, (), {'dense': {'kernel': np.float32(
+      [[1, 2], [np.inf, 4]])}}, jax.random.key(0))
+  manager = checkpoints.checkpoint_manager(tmp_path, item_names=checkpoints.TRAIN_ITEMS)
+  with pytest.raises(FloatingPointError, match='Non-finite parameters at step 3; not saved'):
+    train.save_state(manager, state, 3, {})
+  manager.close()
+  assert steps_on_disk(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Start-up checks.
+
+
+def test_batch_size_not_divisible_by_devices_is_a_start_up_error(tmp_path):
+  with pytest.raises(ValueError, match='batch_size=12 is not divisible by the number of '
+                                       'devices, 8'):
+    train.train_and_evaluate(tiny_config(batch_size=12), str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_periods_must_be_multiples_of_n_jitted_steps(tmp_path):
+  with pytest.raises(ValueError, match='training.log_freq=3 must be a multiple of '
+                                       'training.n_jitted_steps=2'):
+    train.train_and_evaluate(tiny_config(log_freq=3), str(tmp_path))
+
+
+def test_imported_checkpoint_cannot_be_resumed(tmp_path):
+  config = import_config()
+  checkpoints.import_to_workdir(config, str(PTH), str(tmp_path))
+  with pytest.raises(ValueError, match='holds no optimizer state'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizer: the original's rules.
+
+
+def test_optimizer_warmup_clipping_and_decay():
+  config = tiny_config()
+  config.optim.update(lr=0.1, warmup=4, grad_clip=1.0, weight_decay=0.5)
+  schedule = train.learning_rate_schedule(config)
+  np.testing.assert_allclose([schedule(s) for s in (0, 2, 4, 9)], [0, 0.05, 0.1, 0.1], rtol=1e-6)
+  config.optim.warmup = 0
+  assert float(train.learning_rate_schedule(config)(0)) == pytest.approx(0.1)
+  optimizer = train.make_optimizer(config)
+  params = {'w': np.float32([1.0, 3.0])}
+  grads = {'w': np.float32([30.0, 40.0])}  # global norm 50
+  updates, state = optimizer.update(grads, optimizer.init(params), params)
+  # First Adam step: m / (sqrt(v) + eps) = sign(g); decay adds weight_decay * p; times -lr.
+  np.testing.assert_allclose(updates['w'], -0.1 * (np.sign(grads['w']) + 0.5 * params['w']),
+                             rtol=1e-5)
+  # The first moment saw the gradient clipped to norm 1: (1 - beta1) (0.6, 0.8).
+  np.testing.assert_allclose(optax.tree_utils.tree_get(state, 'mu')['w'], [0.06, 0.08],
+                             rtol=1e-5)
+  config.optim.grad_clip = -1.0  # negative: no clipping
+  unclipped = train.make_optimizer(config)
+  _, state = unclipped.update(grads, unclipped.init(params), params)
+  np.testing.assert_allclose(optax.tree_utils.tree_get(state, 'mu')['w'], [3.0, 4.0], rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling.
+
+
+def test_sample_writes_npz_and_grid_and_does_not_depend_on_batch_size(reference):
+  workdir = reference['workdir']
+  config = tiny_config()
+  path = train.sample(config, str(workdir), 5)
+  first = np.load(path)['samples']
+  assert first.dtype == np.uint8 and first.shape == (5, 8, 8, 1)
+  assert (workdir / 'samples' / 'grid.png').stat().st_size > 0
+  config.eval.batch_size = 16
+  second = np.load(train.sample(config, str(workdir), 5))['samples']
+  # Sample i comes from fold_in(key, i): the same images in batches of 8 or of 16.
+  assert np.max(np.abs(first.astype(int) - second)) <= 1
+  previous = [d for d in os.listdir(workdir / 'samples') if d.startswith('previous-')]
+  assert len(previous) == 1
+  np.testing.assert_array_equal(
+      np.load(workdir / 'samples' / previous[0] / 'samples.npz')['samples'], first)
+
+
+def import_config():
+  """The CIFAR-10 NCSN++ config shrunk to the tiny reference checkpoint (see test_reference)."""
+  config = load_config('ve/cifar10_ncsnpp_continuous.py')
+  config.model.update(nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
+                      num_scales=4)
+  config.data.image_size = 16
+  config.eval.batch_size = 8
+  return config
+
+
+def test_sample_command_reads_an_imported_checkpoint(tmp_path, compilation_cache):
+  checkpoints.import_to_workdir(import_config(), str(PTH), str(tmp_path))
+  cmd = [sys.executable, '-m', 'sde_jax.cli', 'sample', '--config',
+         str(CONFIGS / 've/cifar10_ncsnpp_continuous.py'), '--config.model.nf=16',
+         '--config.model.ch_mult=(1,2,2)', '--config.model.num_res_blocks=1',
+         '--config.model.attn_resolutions=(8,)', '--config.data.image_size=16',
+         '--config.model.num_scales=4', '--workdir', str(tmp_path), '--num_samples', '3']
+  env = {**os.environ, **cache_env(compilation_cache), 'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  samples = np.load(tmp_path / 'samples' / 'samples.npz')['samples']
+  assert samples.dtype == np.uint8 and samples.shape == (3, 16, 16, 3)
+  assert (tmp_path / 'samples' / 'grid.png').stat().st_size > 0
+  assert 'from checkpoint 1234' in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# One end-to-end step on the TFDS pipelines (mock data).
+
+
+@pytest.mark.parametrize('relative', ['ve/cifar10_ncsnpp_continuous.py',
+                                      've/church_ncsnpp_continuous.py'])
+def test_one_step_under_tfds_mock_data(tmp_path, relative):
+  """Train and eval pipelines, one step, its checkpoint and log; one resolution of 8 channels
+  at 8x8 (snapshots are tested above: here they would only add compile time)."""
+  import tensorflow_datasets as tfds
+  config = load_config(relative)
+  config.model.update(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,), num_scales=4)
+  config.data.image_size = 8
+  config.training.update(batch_size=8, n_iters=1, n_jitted_steps=1, log_freq=1, eval_freq=1,
+                         snapshot_freq=1, snapshot_freq_for_preemption=1, snapshot_sampling=False)
+  with tfds.testing.mock_data(num_examples=16):
+    state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 1 and steps_on_disk(tmp_path) == [1]
+  assert os.listdir(tmp_path / 'tensorboard')
+
+
+if __name__ == '__main__':
+  _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
