@@ -395,11 +395,30 @@ def restore_items(manager, step: int, targets: Mapping[str, Any]) -> dict[str, A
   """Restores the items named in ``targets`` and ``meta`` of ``step``.
 
   ``targets`` maps an item name to its abstract pytree (``jax.ShapeDtypeStruct`` leaves, with a
-  ``sharding`` to restore sharded arrays) or to None (arrays as saved).
+  ``sharding`` to restore sharded arrays) or to None: the saved shapes and dtypes, whole on this
+  process's first device, whatever the device layout of the job that saved them.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  args = {name: ocp.args.StandardRestore(target) for name, target in targets.items()}
+  args = {name: ocp.args.StandardRestore(
+      _saved_on_one_device(manager, step, name) if target is None else target)
+          for name, target in targets.items()}
   return dict(manager.restore(step, args=ocp.args.Composite(**args, meta=ocp.args.JsonRestore())))
+
+
+def _saved_on_one_device(manager, step: int, item: str) -> Any:
+  """The abstract tree of ``item`` as saved, placed whole on this process's first device.
+
+  orbax restores a target-less item onto the device layout it was saved from, which fails when a
+  checkpoint written by an 8-device job is read by a 1-device one (or by another host count).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  metadata = ocp.StandardCheckpointer().metadata(manager.directory / str(step) / item)
+  tree = getattr(metadata, 'item_metadata', metadata)
+  tree = getattr(tree, 'tree', tree)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree_util.tree_map(
+      lambda leaf: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=device), tree,
+      is_leaf=lambda leaf: hasattr(leaf, 'shape') and hasattr(leaf, 'dtype'))
 
 
 def has_item(manager, step: int, item: str) -> bool:

@@ -137,3 +137,26 @@ def test_import_cli_writes_a_restorable_orbax_checkpoint(tmp_path):
   # A second import into the same workdir must not overwrite what is there.
   again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert again.returncode != 0 and 'never overwritten' in again.stderr
+
+
+def test_restore_reads_a_checkpoint_saved_with_another_device_layout(tmp_path):
+  """Saved sharded over the 8 test devices, read back by a process that has only one."""
+  import subprocess
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+  mesh = Mesh(np.array(jax.devices()), ('fsdp',))
+  value = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)
+  sharded = jax.device_put(value, NamedSharding(mesh, PartitionSpec('fsdp')))
+  manager = checkpoints.checkpoint_manager(tmp_path)
+  checkpoints.save_items(manager, 7, {'params': {'w': sharded}, 'params_ema': {'w': 2 * sharded}},
+                         {'source': 'test'})
+  manager.wait_until_finished()
+  manager.close()
+  code = ('import numpy as np; from sde_jax import checkpoints; '
+          f's, meta = checkpoints.restore({str(tmp_path)!r}); '
+          'np.save("out.npy", np.asarray(s.params_ema["w"])); print(s.step, meta["source"])')
+  env = {**__import__('os').environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  result = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ['7', 'test']
+  np.testing.assert_array_equal(np.load(tmp_path / 'out.npy'), 2 * value)
