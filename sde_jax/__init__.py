@@ -1,6 +1,8 @@
 """sde-jax: score-based generative modelling through SDEs in JAX/Flax."""
 
-from sde_jax import checkpoints, data, likelihood, losses, metrics, models, rng, sampling, sde
+from sde_jax import (checkpoints, data, likelihood, losses, metrics, models, parallel, rng,
+                     sampling, sde, train)
 
-__all__ = ['checkpoints', 'data', 'likelihood', 'losses', 'metrics', 'models', 'rng', 'sampling', 'sde']
+__all__ = ['checkpoints', 'data', 'likelihood', 'losses', 'metrics', 'models', 'parallel', 'rng',
+           'sampling', 'sde', 'train']
 __version__ = '0.1.0'

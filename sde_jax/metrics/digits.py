@@ -10,6 +10,7 @@ is the yardstick for what it says about samples. Samples of any size are average
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
@@ -60,7 +61,14 @@ def judge_digits(images: np.ndarray, threshold: float = 0.9) -> DigitsJudgement:
   """
   from sklearn.svm import SVC  # pylint: disable=g-import-not-at-top
   x_train, y_train, x_eval, y_eval = _split()
-  judge = SVC(C=10.0, gamma=0.256, probability=True, random_state=0).fit(x_train / 16.0, y_train)
+  # libsvm's pairwise-coupled Platt probabilities stay low on images that are no digit (uniform
+  # noise: 0% confident), unlike CalibratedClassifierCV(SVC()), the replacement scikit-learn 1.9
+  # suggests (60% of noise images confidently labelled). Hence probability=True, its deprecation
+  # warning silenced, and scikit-learn < 1.11 (where it goes) in pyproject.toml.
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', message='.*probability.*deprecated', category=FutureWarning)
+    judge = SVC(C=10.0, gamma=0.256, probability=True, random_state=0).fit(x_train / 16.0,
+                                                                           y_train)
   real = judge.predict_proba(x_eval / 16.0)
   probs = judge.predict_proba(_to_8x8(images) / 16.0)
   top = probs.max(axis=1)

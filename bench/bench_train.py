@@ -1,0 +1,118 @@
+"""Benchmark of the training step: images/s and peak memory for the CIFAR-10 configs.
+
+Runs the trainer's own compiled step (``train.compile_train_step``: sharded state, donated
+buffers, ``n_jitted_steps`` optimizer steps per call) on random images of the config's shape, at
+a stated global batch over all local devices. Reports
+
+* images/s: median over timed calls after two warm-up calls;
+* compile seconds of the step;
+* peak memory: the device allocator's ``peak_bytes_in_use`` where the backend reports it (GPU,
+  TPU), and XLA's own accounting of the compiled step (arguments + outputs + temporaries - aliased
+  donations) on every backend, so CPU runs report a figure too.
+
+Prints a markdown table for docs/benchmarks.md:
+
+  python bench/bench_train.py --batch 128 --n_jitted_steps 5 [--configs ve/cifar10_ncsnpp_continuous.py ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from sde_jax import parallel, train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIGS = ('ve/cifar10_ncsnpp_continuous.py', 'vp/cifar10_ddpmpp_continuous.py',
+           'subvp/cifar10_ddpmpp_continuous.py', 've/cifar10_ncsnpp_deep_continuous.py',
+           'vp/ddpm/cifar10.py', 've/ncsnv2/cifar10.py')
+
+
+def load_config(relative: str):
+  spec = importlib.util.spec_from_file_location('config', ROOT / 'configs' / relative)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def gib(n: float | None) -> str:
+  return '-' if n is None else f'{n / 2**30:.2f}'
+
+
+def bench_config(relative: str, batch: int, n_jitted_steps: int, calls: int) -> dict:
+  config = load_config(relative)
+  config.training.batch_size = batch
+  config.training.n_jitted_steps = n_jitted_steps
+  mesh = parallel.make_mesh(config.parallel.fsdp)
+  parallel.check_batch_size(batch, mesh)
+  job = train.Job.from_config(config)
+  optimizer = train.make_optimizer(config)
+  abstract = job.abstract_state(optimizer, config.seed)
+  shardings = parallel.param_shardings(mesh, abstract)
+  state = jax.jit(job.init_fn(optimizer), out_shardings=shardings)(jax.random.key(config.seed))
+  cpu = mesh.devices.flat[0].platform == 'cpu'
+  step = train.compile_train_step(
+      train.make_train_step(job.loss_fn(config, train=True), optimizer,
+                            float(config.model.ema_rate), train.learning_rate_schedule(config),
+                            unroll=cpu), shardings, mesh)
+  images = np.random.default_rng(0).uniform(
+      size=(n_jitted_steps, batch, *job.image_shape)).astype(np.float32)
+  batches = jax.device_put(images, train.steps_sharding(mesh))
+
+  start = time.perf_counter()
+  compiled = step.lower(state, batches).compile()
+  compile_s = time.perf_counter() - start
+  analysis = compiled.memory_analysis()
+  xla_bytes = None
+  if analysis is not None:
+    xla_bytes = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                 + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+
+  for _ in range(2):
+    state, metrics = compiled(state, batches)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(calls):
+    t = time.perf_counter()
+    state, metrics = compiled(state, batches)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  if not np.all(np.isfinite(np.asarray(metrics['loss']))):
+    raise FloatingPointError(f'{relative}: non-finite loss in the benchmark.')
+  stats = jax.local_devices()[0].memory_stats() or {}
+  count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+  return {'config': relative, 'params_m': count / 1e6, 'compile_s': compile_s,
+          'images_per_s': batch * n_jitted_steps / statistics.median(times),
+          'peak_device': stats.get('peak_bytes_in_use'), 'xla_bytes': xla_bytes}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--configs', nargs='+', default=CONFIGS)
+  parser.add_argument('--batch', type=int, default=128, help='global batch size')
+  parser.add_argument('--n_jitted_steps', type=int, default=1)
+  parser.add_argument('--calls', type=int, default=5, help='timed calls per config')
+  args = parser.parse_args()
+  devices = jax.devices()
+  print(f'{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), '
+        f'{platform.processor() or platform.machine()}, jax {jax.__version__}; global batch '
+        f'{args.batch}, n_jitted_steps {args.n_jitted_steps}\n')
+  print('| config | params (M) | compile (s) | images/s | peak device memory (GiB) | '
+        'XLA step memory (GiB) |')
+  print('|---|---:|---:|---:|---:|---:|')
+  for relative in args.configs:
+    r = bench_config(relative, args.batch, args.n_jitted_steps, args.calls)
+    print(f"| {r['config']} | {r['params_m']:.1f} | {r['compile_s']:.0f} | "
+          f"{r['images_per_s']:.1f} | {gib(r['peak_device'])} | {gib(r['xla_bytes'])} |",
+          flush=True)
+
+
+if __name__ == '__main__':
+  main()
