@@ -467,13 +467,42 @@ def sample_batch_size(config, num_samples: int, mesh) -> int:
 # The jobs.
 
 
-def _snapshot(draw, seed: int, params, workdir: str, step: int) -> None:
-  """Samples a batch with the EMA parameters and writes ``samples/step_<step>.png``."""
+def _snapshot(draw, seed: int, params, workdir: str, step: int) -> np.ndarray:
+  """Samples a batch with the EMA parameters, writes ``samples/step_<step>.png``, returns it."""
   images = to_uint8(gather(draw(jax.random.key(seed), params, 0)))
   if jax.process_index() == 0:
     path = fresh_path(os.path.join(workdir, 'samples', f'step_{step}.png'))
     viz.image_grid_png(path, images)
     logging.info('Wrote snapshot samples to %s', path)
+  return images
+
+
+def judge_snapshot(config, images: np.ndarray, workdir: str, step: int) -> str | None:
+  """For the embedded digits: what a classifier trained on real digits says of ``images``.
+
+  Appends a row to ``workdir/samples/quality.md`` and returns it; None for other data sets,
+  which have no embedded judge (their quality is measured by ``sde-jax eval``).
+  """
+  if config.data.dataset.lower() != 'digits' or jax.process_index() != 0:
+    return None
+  from sde_jax.metrics.digits import judge_digits  # pylint: disable=g-import-not-at-top
+  j = judge_digits(images.astype(np.float32) / 255.0)
+  path = os.path.join(workdir, 'samples', 'quality.md')
+  if not os.path.exists(path):
+    with open(path, 'w') as f:
+      f.write('Samples judged by an SVM trained on real digits (sde_jax/metrics/digits.py); the '
+              f'same judge on held-out real digits: {j.real_accuracy:.1%} accurate, '
+              f'{j.real_confident_fraction:.1%} confident (top class p >= 0.9).\n\n'
+              '| step | samples | confident | mean top p | classes covered | count per class 0-9 |\n'
+              '|---:|---:|---:|---:|---:|---|\n')
+  row = (f'| {step} | {len(images)} | {j.confident_fraction:.1%} | {j.mean_top_probability:.3f} '
+         f'| {j.classes_covered}/10 | {" ".join(map(str, j.class_counts))} |')
+  with open(path, 'a') as f:
+    f.write(row + '\n')
+  logging.info('Digits judge at step %d: %.1f%% of %d samples labelled confidently (real digits: '
+               '%.1f%%), %d/10 classes covered; see %s', step, 100 * j.confident_fraction,
+               len(images), 100 * j.real_confident_fraction, j.classes_covered, path)
+  return row
 
 
 def _meta(config, state: TrainState) -> dict:
@@ -548,7 +577,8 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
           log.check()
           save_state(manager, state, step, meta)
         if snapshot and draw is not None:
-          _snapshot(draw, config.seed, state.params_ema, workdir, step)
+          judge_snapshot(config, _snapshot(draw, config.seed, state.params_ema, workdir, step),
+                         workdir, step)
         if preempted:
           logging.warning('Preempted: saved step %d; stopping.', step)
           break

@@ -141,7 +141,9 @@ def test_run_writes_checkpoints_events_and_snapshots(reference):
   # Saved every 2 steps; the last one kept, and every 8th for good.
   assert steps_on_disk(workdir) == [8, 12]
   assert set(checkpoints.TRAIN_ITEMS) <= set(os.listdir(workdir / 'checkpoints' / '12'))
-  assert sorted(os.listdir(workdir / 'samples')) == ['step_12.png', 'step_8.png']
+  assert sorted(os.listdir(workdir / 'samples')) == ['quality.md', 'step_12.png', 'step_8.png']
+  rows = (workdir / 'samples' / 'quality.md').read_text().splitlines()[-2:]
+  assert [row.split('|')[1:3] for row in rows] == [[' 8 ', ' 8 '], [' 12 ', ' 8 ']]
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir / 'tensorboard'))
   saved = restore_trained(workdir)
   chex.assert_trees_all_equal(saved['params'], jax.device_get(reference['state'].params))
@@ -391,3 +393,21 @@ def test_one_step_under_tfds_mock_data(tmp_path, relative):
 
 if __name__ == '__main__':
   _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+
+
+def test_digits_snapshots_are_judged_and_other_data_sets_are_not(tmp_path):
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'samples').mkdir()
+  real = load_digits().images[-64:] / 16.0
+  real = (np.repeat(np.repeat(real, 2, axis=1), 2, axis=2)[..., None] * 255).astype(np.uint8)
+  noise = np.random.default_rng(0).integers(0, 256, real.shape).astype(np.uint8)
+  config = tiny_config()
+  good = train.judge_snapshot(config, real, str(tmp_path), 100)
+  bad = train.judge_snapshot(config, noise, str(tmp_path), 200)
+  table = (tmp_path / 'samples' / 'quality.md').read_text().splitlines()
+  assert table[-2:] == [good, bad]
+  confident = [float(row.split('|')[3].strip().rstrip('%')) for row in (good, bad)]
+  assert confident[0] > 60 and confident[1] < 10
+  assert good.split('|')[5].strip() == '10/10'
+  config.data.dataset = 'CIFAR10'
+  assert train.judge_snapshot(config, real, str(tmp_path), 300) is None

@@ -8,5 +8,11 @@ def get_config():
   _recipes.vp(config)
   _models.ddpmpp(config.model, nf=16, ch_mult=(1, 2, 2), num_res_blocks=1,
                  attn_resolutions=(8,), dropout=0.)
-  config.model.ema_rate = 0.999  # 0.9999 averages over more steps than this run has
+  # 0.9999 averages over more steps than this run has; at 0.999 the initial weights still
+  # weigh 5% at the end.
+  config.model.ema_rate = 0.995
+  # Reverse diffusion + Langevin (the paper's PC pair) at 500 steps: measured 64% of samples
+  # confidently labelled vs 54% for Euler-Maruyama alone at the same steps.
+  config.model.num_scales = 500
+  config.sampling.update(predictor='reverse_diffusion', corrector='langevin')
   return config
