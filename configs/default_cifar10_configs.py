@@ -5,6 +5,7 @@ Holds every field shared by the image configs. An override file adds the SDE and
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_default_configs():
@@ -28,6 +29,17 @@ def get_default_configs():
       begin_ckpt=9, end_ckpt=26,
       batch_size=1024, num_samples=50000,
       enable_sampling=False, enable_loss=True, enable_bpd=False, bpd_dataset='test',
+      # Ours (docs/evaluation.md). The FID Inception's weights: pytorch-fid's
+      # pt_inception-2015-12-05 .pth, or an .npz converted from it; never downloaded.
+      inception_weights=config_dict.placeholder(str),
+      # The network's width and input size: 1 and 299 are the real one (tests shrink them).
+      inception_width=1., inception_image_size=299,
+      # The data set's pool_3 features (the original's cifar10_stats.npz, or `sde-jax fid-stats`).
+      stats_path=config_dict.placeholder(str),
+      # Passes over the bits/dim split; None: the original's, 5 over test and 1 over train.
+      bpd_num_repeats=config_dict.placeholder(int),
+      # The likelihood's ODE solve: sde_jax.odeint.SOLVERS name and tolerances.
+      bpd_solver='rk45', bpd_rtol=1e-5, bpd_atol=1e-5,
   ))
   config.data = ml_collections.ConfigDict(dict(
       dataset='CIFAR10', image_size=32, num_channels=3,

@@ -1,4 +1,5 @@
-"""The ``sde-jax`` command: ``sde-jax COMMAND --config CONFIG --workdir DIR [--config.a.b=v]``.
+"""The ``sde-jax`` command: ``sde-jax COMMAND --config CONFIG --workdir DIR [--config.a.b=v]``
+(``sde-jax compare --workdir DIR`` takes no config).
 
 Flags only; each command calls one function.
 """
@@ -19,6 +20,7 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and rep
 flags.DEFINE_string('checkpoint', None, 'import: an original checkpoint (score_sde checkpoint_N '
                     'or score_sde_pytorch .pth).')
 flags.DEFINE_integer('num_samples', None, 'sample: how many images to draw.')
+flags.DEFINE_string('eval_folder', 'eval', 'eval: the sub-folder of --workdir for its results.')
 
 
 def _toy(config, workdir):
@@ -47,14 +49,40 @@ def _sample(config, workdir):
   print(f'Wrote {FLAGS.num_samples} samples to {path}')
 
 
-COMMANDS = {'toy': _toy, 'import': _import, 'train': _train, 'sample': _sample}
+def _eval(config, workdir):
+  from sde_jax import evaluate
+  evaluate.evaluate(config, workdir, eval_folder=FLAGS.eval_folder,
+                    config_name=config_flags.get_config_filename(FLAGS['config']))
+  path = os.path.join(workdir, FLAGS.eval_folder, 'report.md')
+  if os.path.exists(path):
+    print(open(path).read())
+
+
+def _fid_stats(config, workdir):
+  from sde_jax import evaluate
+  path = evaluate.dataset_stats(config, workdir)
+  print(f'Wrote the data set statistics to {path}')
+
+
+def _compare(config, workdir):
+  del config  # reads the eval reports under --workdir only
+  from sde_jax import reproduce
+  print(reproduce.write_comparison(workdir))
+
+
+COMMANDS = {'toy': _toy, 'import': _import, 'train': _train, 'sample': _sample, 'eval': _eval,
+            'fid-stats': _fid_stats, 'compare': _compare}
+NO_CONFIG = ('compare',)  # commands that need --workdir only
 
 
 def _main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'Usage: sde-jax COMMAND --config CONFIG --workdir DIR; got '
                          f'{argv[1:]!r}; COMMAND is one of {sorted(COMMANDS)}.')
-  if FLAGS.config is None or FLAGS.workdir is None:
+  if argv[1] in NO_CONFIG:
+    if FLAGS.workdir is None:
+      raise app.UsageError(f'sde-jax {argv[1]} needs --workdir.')
+  elif FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError('--config and --workdir are required.')
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_orbax)
