@@ -352,7 +352,8 @@ TRAIN_ITEMS = ITEMS + ('opt_state', 'loop')
 
 
 def checkpoint_manager(workdir: str | os.PathLike, *, keep_last: int | None = None,
-                       keep_every: int | None = None, item_names: tuple[str, ...] = ITEMS):
+                       keep_every: int | None = None, item_names: tuple[str, ...] = ITEMS,
+                       writer: bool = False):
   """The orbax CheckpointManager of ``workdir`` (``workdir/checkpoints``).
 
   Args:
@@ -361,6 +362,9 @@ def checkpoint_manager(workdir: str | os.PathLike, *, keep_last: int | None = No
       keeps; None keeps every checkpoint.
     keep_every: with ``keep_last``, also keep every checkpoint whose step is a multiple of it.
     item_names: the items the manager saves.
+    writer: whether this manager's job is the one writing ``workdir``'s checkpoints. Only a
+      writer removes the temporary directories of unfinished saves (a killed writer's
+      leftovers); a reader (``sample``, ``eval``) must not, since a live trainer may be saving.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from orbax.checkpoint import checkpoint_managers as policies  # pylint: disable=g-import-not-at-top
@@ -369,9 +373,10 @@ def checkpoint_manager(workdir: str | os.PathLike, *, keep_last: int | None = No
   if keep_last is not None:
     policy = policies.AnyPreservationPolicy([policies.LatestN(keep_last)] + (
         [policies.EveryNSteps(keep_every)] if keep_every else []))
-  # Leftovers of a save that a killed job never finished are temporary directories; remove them.
+  # Leftovers of a save that a killed job never finished are temporary directories; the writer
+  # removes them.
   options = ocp.CheckpointManagerOptions(preservation_policy=policy,
-                                         cleanup_tmp_directories=True)
+                                         cleanup_tmp_directories=writer)
   return ocp.CheckpointManager(directory, item_names=item_names, options=options)
 
 
@@ -428,7 +433,7 @@ def has_item(manager, step: int, item: str) -> bool:
 
 def save_imported(workdir: str | os.PathLike, state: ImportedState, meta: dict) -> str:
   """Writes ``state`` as step ``state.step`` of ``workdir``'s checkpoints; never overwrites."""
-  manager = checkpoint_manager(workdir)
+  manager = checkpoint_manager(workdir, writer=True)
   save_items(manager, state.step, {'params': state.params, 'params_ema': state.params_ema}, meta)
   manager.wait_until_finished()
   manager.close()

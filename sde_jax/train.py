@@ -548,7 +548,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   optimizer = make_optimizer(config)
   manager = checkpoints.checkpoint_manager(workdir, keep_last=tc.keep_last,
                                            keep_every=tc.snapshot_freq,
-                                           item_names=checkpoints.TRAIN_ITEMS)
+                                           item_names=checkpoints.TRAIN_ITEMS, writer=True)
   state, shardings, step = restore_or_init(manager, job, optimizer, mesh, config.seed)
   train_step, eval_step, draw = _programs(config, job, optimizer, shardings, mesh)
   batches = train_batches(config, per_process, step, mesh)
