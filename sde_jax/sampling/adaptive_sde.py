@@ -1,0 +1,156 @@
+"""Adaptive-step solver of the reverse SDE (Jolicoeur-Martineau et al. 2021, "Gotta Go Fast").
+
+Each example has its own time ``t`` and step ``h``. One attempt, with ``(F, G)`` the drift and
+diffusion of the reverse SDE in forward-time units (``sde.reverse(score).sde``) and one draw
+``z ~ N(0, I)`` shared by both stages:
+
+  ``K1 = -h F(x, t) + G(t) sqrt(h) z``,           ``x' = x + K1``   (Euler-Maruyama)
+  ``K2 = -h F(x', t - h) + G(t - h) sqrt(h) z``,  ``x'' = x + (K1 + K2) / 2``   (stochastic Heun)
+
+The local error is estimated by extrapolation, ``E = ||(K2 - K1) / 2 / delta||_2 / sqrt(d)``
+over the example's d elements, with the mixed tolerance
+``delta = max(atol, rtol max(|x'|, |x'_prev|))`` (``x'_prev``: the Euler proposal of the
+example's last accepted step). The attempt is accepted if ``E <= 1``, and then the higher-order
+``x''`` is kept (local extrapolation). Either way the next step is
+``h = min(t - eps, safety h E^(-exponent))``. Finished examples (``t = eps``) take steps of
+size 0, which change nothing. A rejected attempt draws new noise, as in the paper.
+
+Low dimensions. ``E`` grows with the example's own noise draw (``|K2 - K1| ~ h^(3/2) |z|``), so
+whether an attempt is accepted depends on ``z``: accepted steps carry smaller noise than they
+should, and the samples are under-dispersed. Over the thousands of elements of an image the RMS
+of z is ~1 whatever the draw and the effect vanishes; in d = 2 it does not shrink with the
+tolerance (docs/fast_samplers.md has measurements). The factory warns below 100 dimensions.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sde_jax import rng
+from sde_jax.sampling import schedules
+from sde_jax.sampling.pc import PREDICTOR, ParamScoreFn, check_shape, prior_sample
+from sde_jax.sde import SDE, batch_mul
+
+Array = jax.Array
+# Below this many dimensions per example the accept/reject decisions visibly select the noise.
+MIN_DIM = 100
+
+
+class _State(NamedTuple):
+  x: Array  # (B, ...)
+  x_prev: Array  # the Euler proposal of each example's last accepted step
+  t: Array  # (B,)
+  h: Array  # (B,)
+  attempts: Array  # int32 scalar: loop iterations (each evaluates the score twice)
+
+
+def _rms(x: Array) -> Array:
+  """Root mean square of each example, shape (B,)."""
+  return jnp.sqrt(jnp.mean(jnp.square(x.reshape(x.shape[0], -1)), axis=-1))
+
+
+def attempt_step(rsde, state: _State, z: Array, *, rtol: float, atol: float, safety: float,
+                 exponent: float, eps: float) -> _State:
+  """One attempted step of every example (see the module docstring)."""
+  x, t, h = state.x, state.t, state.h
+  drift, diffusion = rsde.sde(x, t)
+  k1 = batch_mul(-h, drift) + batch_mul(diffusion * jnp.sqrt(h), z)
+  x_euler = x + k1
+  drift2, diffusion2 = rsde.sde(x_euler, t - h)
+  k2 = batch_mul(-h, drift2) + batch_mul(diffusion2 * jnp.sqrt(h), z)
+  scale = jnp.maximum(atol, rtol * jnp.maximum(jnp.abs(x_euler), jnp.abs(state.x_prev)))
+  err = _rms(0.5 * (k2 - k1) / scale)
+  accept = err <= 1.0
+  t_new = jnp.where(accept, jnp.where(h >= t - eps, eps, t - h), t)
+  # err = 0 only for a finished example (h = 0) and leaves its step at 0.
+  factor = jnp.where(err > 0, err**-exponent, 1.0)
+  mask = accept.reshape(accept.shape + (1,) * (x.ndim - 1))
+  keep = lambda new, old: jnp.where(mask, new, old)
+  return _State(x=keep(x + 0.5 * (k1 + k2), x), x_prev=keep(x_euler, state.x_prev), t=t_new,
+                h=jnp.minimum(t_new - eps, safety * h * factor), attempts=state.attempts + 1)
+
+
+def get_adaptive_sde_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 0.05,
+                             atol: float = 0.0078, h_init: float = 0.01, safety: float = 0.9,
+                             exponent: float = 0.9, max_steps: int = 100_000,
+                             denoise: bool = True, eps: float = 1e-3):
+  """Builds the "Gotta Go Fast" adaptive sampler of the reverse SDE, T to eps.
+
+  Args:
+    sde: the forward SDE.
+    shape: ``(B, ...)``, the shape of one batch.
+    rtol, atol: relative and absolute tolerances of the error estimate. The paper uses
+      ``atol = 0.0078`` (2 / 256, for data in [-1, 1]; 0.0039 for [0, 1]) and ``rtol`` of 0.01
+      (best samples) to 0.1 (fastest); 0.05 by default here.
+    h_init: the first step of every example.
+    safety, exponent: the step-size rule ``h <- safety h E^(-exponent)``.
+    max_steps: a bound on the loop iterations; exceeding it is an error.
+    denoise: finish with Tweedie's ``D(x(eps), eps) = E[x_0 | x_eps]`` (one evaluation).
+    eps: the end time.
+
+  Returns:
+    ``sampler(key, score_fn, params, z=None, first_index=0) -> (x, nfe)``. ``nfe`` (int32
+    array) counts the batched score evaluations: 2 per loop iteration, the loop running until
+    the slowest example of the batch reaches eps, plus 1 for ``denoise``. Example i draws its
+    prior from ``fold_in(k_i, 0)`` and the noise of its n-th attempt from
+    ``fold_in(fold_in(k_i, 2), n)``; its error norm and steps are its own, so a sample does not
+    depend on its batch.
+
+  Raises:
+    ValueError: for non-positive tolerances or steps, or a bad shape.
+  """
+  shape = check_shape(shape)
+  if min(rtol, atol, h_init, safety, exponent) <= 0 or max_steps < 1:
+    raise ValueError(f'rtol={rtol}, atol={atol}, h_init={h_init}, safety={safety}, '
+                     f'exponent={exponent} and max_steps={max_steps} must be positive.')
+  controller = dict(rtol=rtol, atol=atol, safety=safety, exponent=exponent, eps=eps)
+  dim = int(np.prod(shape[1:]))
+  if dim < MIN_DIM:
+    warnings.warn(
+        f"method='adaptive_sde' accepts or rejects each step on the error norm of the example's "
+        f'own {dim} dimensions, which then depends on its noise draw and biases the samples '
+        f'(under-dispersed) for d < {MIN_DIM}; put several independent points in one example, '
+        f"or use 'pc' or a probability-flow sampler for low-dimensional data.", stacklevel=2)
+
+  def sample(key, score_fn, params, z, first_index):
+    score = functools.partial(score_fn, params)
+    rsde = sde.reverse(score)
+    keys = rng.per_example_keys(key, shape[0], first_index)
+    noise_keys = rng.fold_in_all(keys, PREDICTOR)
+    x = prior_sample(sde, keys, shape) if z is None else z
+
+    def body(state):
+      z = rng.normal(rng.fold_in_all(noise_keys, state.attempts), x.shape, x.dtype)
+      return attempt_step(rsde, state, z, **controller)
+
+    def running(state):
+      return jnp.any(state.t > eps) & (state.attempts < max_steps)
+
+    t0 = jnp.full(shape[:1], sde.T, x.dtype)
+    h0 = jnp.minimum(jnp.full_like(t0, h_init), sde.T - eps)
+    final = jax.lax.while_loop(running, body, _State(x, x, t0, h0, jnp.zeros((), jnp.int32)))
+    x = eqx.error_if(final.x, jnp.any(final.t > eps),
+                     f'adaptive_sde: max_steps={max_steps} attempts did not reach eps; raise '
+                     'max_steps or the tolerances.')
+    nfe = 2 * final.attempts
+    if denoise:
+      x = schedules.data_prediction(sde, score, x, jnp.full(shape[:1], eps, x.dtype))
+      nfe = nfe + 1
+    return x, nfe
+
+  compiled = jax.jit(sample, static_argnums=1)
+
+  def sampler(key: Array, score_fn: ParamScoreFn, params: Any, z: Array | None = None,
+              first_index: int | Array = 0) -> tuple[Array, Array]:
+    if z is not None and tuple(z.shape) != shape:
+      raise ValueError(f'z has shape {tuple(z.shape)}; this sampler was built for {shape}.')
+    return compiled(key, score_fn, params, z, first_index)
+
+  return sampler
