@@ -91,7 +91,8 @@ def get_adaptive_sde_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 0.0
       (best samples) to 0.1 (fastest); 0.05 by default here.
     h_init: the first step of every example.
     safety, exponent: the step-size rule ``h <- safety h E^(-exponent)``.
-    max_steps: a bound on the loop iterations; exceeding it is an error.
+    max_steps: a bound on the loop iterations; exceeding it is an error (raised through
+      ``nfe``; the samples are then NaN).
     denoise: finish with Tweedie's ``D(x(eps), eps) = E[x_0 | x_eps]`` (one evaluation).
     eps: the end time.
 
@@ -136,10 +137,13 @@ def get_adaptive_sde_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 0.0
     t0 = jnp.full(shape[:1], sde.T, x.dtype)
     h0 = jnp.minimum(jnp.full_like(t0, h_init), sde.T - eps)
     final = jax.lax.while_loop(running, body, _State(x, x, t0, h0, jnp.zeros((), jnp.int32)))
-    x = eqx.error_if(final.x, jnp.any(final.t > eps),
-                     f'adaptive_sde: max_steps={max_steps} attempts did not reach eps; raise '
-                     'max_steps or the tolerances.')
-    nfe = 2 * final.attempts
+    failed = jnp.any(final.t > eps)
+    # The check rides on the scalar nfe: on x it would gather a sharded batch onto one device.
+    # Unfinished samples become NaN, so that a caller who drops nfe cannot miss them either.
+    x = jnp.where(failed, jnp.nan, final.x)
+    nfe = eqx.error_if(2 * final.attempts, failed,
+                       f'adaptive_sde: max_steps={max_steps} attempts did not reach eps; raise '
+                       'max_steps or the tolerances.')
     if denoise:
       x = schedules.data_prediction(sde, score, x, jnp.full(shape[:1], eps, x.dtype))
       nfe = nfe + 1

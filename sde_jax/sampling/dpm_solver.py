@@ -34,8 +34,8 @@ from sde_jax.sde import SDE
 
 Array = jax.Array
 
-# As in diffusers: with fewer steps than this the last steps drop to lower orders, which keeps
-# few-step sampling stable (the multistep estimates of D' are worst where lambda moves fastest).
+# As DPM-Solver++ in diffusers: with fewer steps than this the last steps drop to lower orders;
+# with few, long steps the extrapolated derivatives of D are least reliable near eps.
 LOWER_ORDER_FINAL_BELOW = 15
 
 
@@ -61,7 +61,13 @@ def step_orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
 
 
 def multistep_update(x, d0, d1, d2, lam, m_next, s_ratio, order):
-  """One step of DPM-Solver++(kM), ``k = order`` (a traced int in 1..3).
+  """One step of DPM-Solver++(kM), ``k = order`` (a traced int in 1..3):
+
+  ``x_next = (s_next / s_0) x + m_next [phi_1 D + phi_2 D' + phi_3 D'']`` with
+  ``h = lambda_next - lambda_0``, ``D = d0`` and, from the divided differences
+  ``delta_1 = (d0 - d1) / h_1``, ``delta_2 = (d1 - d2) / h_2``, ``q = (delta_1 - delta_2) /
+  (h_1 + h_2)`` (``h_1, h_2`` the previous two steps): ``D' = delta_1 + h_1 q`` and
+  ``D'' = 2 q`` for k = 3, ``D' = delta_1`` and ``D'' = 0`` for k = 2, both 0 for k = 1.
 
   Args:
     x: the state at ``lambda_0``.
@@ -124,8 +130,9 @@ def get_dpm_solver_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 20, orde
   def sample(key, score_fn, params, z, first_index):
     score = functools.partial(score_fn, params)
     predict = lambda x, t: schedules.data_prediction(sde, score, x, jnp.full(shape[:1], t))
-    x = prior_sample(sde, rng.per_example_keys(key, shape[0], first_index), shape) if z is None \
-        else z
+    if z is None:
+      z = prior_sample(sde, rng.per_example_keys(key, shape[0], first_index), shape)
+    x = z
     ts = schedules.time_grid(sde, schedule, steps, eps).astype(x.dtype)
     m, s = schedules.scale_std(sde, ts)
     lam = jnp.log(m) - jnp.log(s)
