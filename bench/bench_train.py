@@ -18,8 +18,6 @@ Prints a markdown table for docs/benchmarks.md:
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import pathlib
 import platform
 import statistics
 import time
@@ -27,19 +25,12 @@ import time
 import jax
 import numpy as np
 
+from bench_models import load_config  # this folder is on sys.path when run as a script
 from sde_jax import parallel, train
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ('ve/cifar10_ncsnpp_continuous.py', 'vp/cifar10_ddpmpp_continuous.py',
            'subvp/cifar10_ddpmpp_continuous.py', 've/cifar10_ncsnpp_deep_continuous.py',
            'vp/ddpm/cifar10.py', 've/ncsnv2/cifar10.py')
-
-
-def load_config(relative: str):
-  spec = importlib.util.spec_from_file_location('config', ROOT / 'configs' / relative)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def gib(n: float | None) -> str:

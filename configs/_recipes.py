@@ -4,8 +4,44 @@ Each function sets the SDE (``training.sde``, ``training.continuous``), the pred
 pair of the PC sampler, and the fields that go with that choice in the paper.
 """
 
+import ml_collections
+from ml_collections import config_dict
+
 from configs import _models
 
+
+def sampling(**fields):
+  """The ``sampling`` section: ``method`` picks the sampler (``sde_jax.sampling``), the rest are
+  each method's options, so ``--config.sampling.method=heun --config.sampling.nfe=35`` works on
+  any config. ``fields`` (the PC sampler's: predictor, corrector, snr, ...) go on top."""
+  return ml_collections.ConfigDict(dict(
+      method='pc',  # 'pc', 'ode', 'dpm_solver++', 'heun' or 'adaptive_sde'
+      noise_removal=True, probability_flow=False,
+      # 'ode': the probability-flow ODE's RK45 tolerances.
+      rtol=1e-5, atol=1e-5,
+      # 'dpm_solver++' and 'heun': network evaluations; None means 20 and 35 respectively.
+      nfe=config_dict.placeholder(int),
+      # 'dpm_solver++': multistep order (2 or 3), time grid ('logsnr', 'time_uniform',
+      # 'time_quadratic'), first-order last step.
+      order=2, schedule='logsnr', lower_order_final=True,
+      # 'heun' (EDM): grid exponent and the stochastic churn (0: deterministic).
+      rho=7.0, churn=0.0, s_tmin=0.0, s_tmax=float('inf'), s_noise=1.0,
+      # 'adaptive_sde' (Gotta Go Fast): tolerances, first step, step-size controller.
+      reltol=0.05, abstol=0.0078, h_init=0.01, safety=0.9, exponent=0.9,
+      **fields))
+
+
+def controllable(**fields):
+  """The ``controllable`` section: options of ``sde-jax inpaint`` / ``colorize`` /
+  ``sample --class`` (``sde_jax.controllable``), which sample with the PC sampler of
+  ``sampling``. ``fields`` go on top."""
+  return ml_collections.ConfigDict(dict(
+      method='replacement',  # inpainting / colorization: 'replacement' (the paper) or 'tmpd'
+      solver_iters=5,  # GMRES steps per guided score evaluation ('tmpd')
+      # Class-conditional: the weight of grad log p_t(y | x_t); 1 is exact for an exact classifier.
+      guidance_scale=1.,
+      mask='right_half',  # the inpainting command's unknown region (sde_jax.controllable.MASKS)
+      **fields))
 
 def ve(config, *, continuous=True, ema_rate=0.999):
   """VE SDE (continuous) or SMLD noise levels (discrete), sampled by reverse diffusion + Langevin.

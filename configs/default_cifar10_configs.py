@@ -7,6 +7,8 @@ Holds every field shared by the image configs. An override file adds the SDE and
 import ml_collections
 from ml_collections import config_dict
 
+from configs import _recipes
+
 
 def get_default_configs():
   """Returns the CIFAR-10 base: training schedule, sampler defaults, evaluation, data, optimizer."""
@@ -23,8 +25,9 @@ def get_default_configs():
       n_jitted_steps=5,  # training steps per compiled call
       continuous=True, reduce_mean=False, likelihood_weighting=False,
   ))
-  config.sampling = ml_collections.ConfigDict(dict(
-      method='pc', n_steps_each=1, snr=0.16, noise_removal=True, probability_flow=False))
+  # The PC sampler's predictor and corrector come with the SDE (configs._recipes).
+  config.sampling = _recipes.sampling(n_steps_each=1, snr=0.16)
+  config.controllable = _recipes.controllable()
   config.eval = ml_collections.ConfigDict(dict(
       begin_ckpt=9, end_ckpt=26,
       batch_size=1024, num_samples=50000,

@@ -6,6 +6,8 @@ Field names follow the original configs (training / sampling / eval / data / mod
 
 import ml_collections
 
+from configs import _recipes
+
 
 def get_config():
   config = ml_collections.ConfigDict()
@@ -20,14 +22,8 @@ def get_config():
   training.n_iters = 3000
   training.log_freq = 250
 
-  config.sampling = sampling = ml_collections.ConfigDict()
-  sampling.method = 'pc'
-  sampling.predictor = 'euler_maruyama'
-  sampling.corrector = 'none'
-  sampling.snr = 0.16
-  sampling.n_steps_each = 1
-  sampling.noise_removal = True
-  sampling.probability_flow = False
+  config.sampling = _recipes.sampling(predictor='euler_maruyama', corrector='none', snr=0.16,
+                                      n_steps_each=1)
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.num_samples = 2000

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from sde_jax import checkpoints, likelihood, odeint, parallel, sampling, train, viz
 from sde_jax import data as data_lib
+from sde_jax import sde as sde_lib
 from sde_jax.metrics import fid, inception
 
 # Seconds between two looks for a checkpoint that does not exist yet (the original's 60).
@@ -164,7 +165,8 @@ def fingerprint(config, settings: EvalSettings, round_images: int) -> dict[str, 
   if settings.enable_sampling:
     weights = ec.get('inception_weights')
     groups['sampling'] = {
-        **{f'sampling.{k}': v for k, v in config.sampling.to_dict().items()},
+        **{f'sampling.{k}': v
+           for k, v in sampling.config_fields(config, sde_lib.from_config(config)).items()},
         'eval.inception_width': settings.inception_width,
         'eval.inception_image_size': settings.inception_image_size,
         'eval.inception_weights': os.path.basename(weights) if weights else None}
@@ -515,7 +517,7 @@ class Programs:
     self.config, self.job, self.settings, self.batch, self.mesh = (
         config, job, settings, batch, mesh)
     self.method = config.sampling.method.lower()
-    self.sampler_name = sampler_name(config)
+    self.sampler_name = sampling.describe_from_config(config)
 
   @functools.cached_property
   def loss(self):
@@ -730,21 +732,6 @@ def write_grid(ckpt: Checkpoint, rounds: int, count: int) -> None:
 # Reports.
 
 
-def sampler_name(config) -> str:
-  """The sampler as the report shows it, e.g. ``pc (reverse_diffusion + langevin, snr 0.16)``."""
-  s = config.sampling
-  method = s.method.lower()
-  if method == 'pc':
-    detail = f'{s.predictor} + {s.corrector}'
-    if s.corrector.lower() != 'none':
-      detail += f', snr {s.snr}'
-    return f'pc ({detail}{", probability flow" if s.probability_flow else ""})'
-  extra = {'ode': ('rtol', 'atol'), 'dpm_solver++': ('nfe', 'order'), 'heun': ('nfe',),
-           'adaptive_sde': ('reltol', 'abstol')}.get(method, ())
-  detail = ', '.join(f'{k} {s[k]}' for k in extra if k in s)
-  return f'{method} ({detail})' if detail else method
-
-
 def _fmt(value, spec: str = '.4g') -> str:
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return '-'
@@ -799,7 +786,7 @@ def report_header(config, settings: EvalSettings, eval_dir: str, config_name: st
                  'config_name': config_name or header.get('config_name'), 'seed': config.seed,
                  'config': json.loads(config.to_json_best_effort())})
   if settings.enable_sampling:
-    header.update(sampler=sampler_name(config), inception_weights=net.weights,
+    header.update(sampler=sampling.describe_from_config(config), inception_weights=net.weights,
                   stats_path=os.path.abspath(settings.stats_path))
   if settings.enable_bpd:
     header['bpd'] = (f'{settings.bpd_split} split, {settings.bpd_repeats} pass(es), uniform '

@@ -95,7 +95,8 @@ def evaluate_toy(config, params, key) -> tuple[dict[str, Any], dict[str, np.ndar
                      'sliced_wasserstein': metrics.sliced_wasserstein(x, heldout)}
     if config.data.dataset == 'eight_gaussians':
       results[name].update(mode_statistics(x, *data_lib.eight_gaussians()[1:]))
-    label = _sampler_label(config) if name == 'configured' else 'probability-flow ODE'
+    label = (sampling.describe_from_config(config) if name == 'configured'
+             else 'probability-flow ODE')
     points[f'{label}, {results[name]["nfe"]} NFE'] = x
   m = config.eval.num_likelihood
   inverse_scaler = data_lib.get_data_inverse_scaler(config)
@@ -112,11 +113,6 @@ def evaluate_toy(config, params, key) -> tuple[dict[str, Any], dict[str, np.ndar
   return results, points
 
 
-def _sampler_label(config) -> str:
-  sc = config.sampling
-  return f'PC {sc.predictor}+{sc.corrector}' if sc.method == 'pc' else sc.method
-
-
 def _report_markdown(config, history, results) -> str:
   lines = [f'# Toy run: {config.data.dataset}, {config.training.sde}, '
            f'{config.training.n_iters} steps', '',
@@ -125,7 +121,7 @@ def _report_markdown(config, history, results) -> str:
            '|---|---|---|---|---|---|']
   for name in ('configured', 'ode'):
     r = results[name]
-    label = _sampler_label(config) if name == 'configured' else name
+    label = sampling.describe_from_config(config) if name == 'configured' else name
     weights = ' '.join(f'{w:.3f}' for w in r.get('mode_weights', []))
     lines.append(f'| {label} | {r["nfe"]} | {r["seconds"]:.2f} | {r["sliced_wasserstein"]:.4f} '
                  f'| {r.get("fraction_on_modes", float("nan")):.3f} | {weights} |')

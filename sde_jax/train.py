@@ -415,8 +415,15 @@ class Preemption:
 
 
 def to_uint8(images) -> np.ndarray:
-  """Images in [0, 1] -> uint8, truncating as the original does (``clip(x * 255).astype``)."""
-  return np.clip(np.asarray(images) * 255.0, 0, 255).astype(np.uint8)
+  """Images in [0, 1] -> uint8, truncating as the original does (``clip(x * 255).astype``).
+  Non-finite values (a diverged sampler) become 0, with a warning that counts them."""
+  images = np.asarray(images)
+  bad = ~np.isfinite(images)
+  if bad.any():
+    logging.warning('%d of %d sample values are not finite (the sampler diverged); they are '
+                    'written as 0.', int(bad.sum()), bad.size)
+    images = np.where(bad, 0.0, images)
+  return np.clip(images * 255.0, 0, 255).astype(np.uint8)
 
 
 def sharded_sampler(config, job: Job, batch: int, mesh):
@@ -559,6 +566,34 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   logging.info('Training %s (%d parameters) from step %d to %d on a %s mesh, %d images per '
                'process per step.', config.model.name, meta['num_params'], step, last,
                dict(mesh.shape), per_process)
+
+  def evaluate(state, step):
+    if step % tc.eval_freq == 0:
+      log.scalar('eval/loss', float(eval_step(state, next(evals))), step, echo=True)
+
+  def snapshot(state, step):
+    if draw is not None:
+      judge_snapshot(config, _snapshot(draw, config.seed, state.params_ema, workdir, step),
+                     workdir, step)
+
+  return run_steps(state, step, last, tc, train_step, batches, manager, log, meta,
+                   after_step=evaluate, after_snapshot=snapshot)
+
+
+def run_steps(state: TrainState, step: int, last: int, tc, train_step, batches, manager,
+              log: MetricLog, meta: dict, *, after_step=None, after_snapshot=None) -> TrainState:
+  """The loop of every trainer here, from ``step`` to ``last``; closes ``manager`` and ``log``.
+
+  Per compiled call (``tc.n_jitted_steps`` optimizer steps): the metrics to ``log`` (written
+  every ``tc.log_freq``), ``after_step(state, step)``, then a checkpoint on the preemption
+  cadence (``tc.snapshot_freq_for_preemption``), the keep cadence (``tc.snapshot_freq``), the
+  last step or SIGTERM / a TPU preemption notice, each after ``log.check()`` (non-finite
+  values stop before anything is saved); ``after_snapshot(state, step)`` after the keep-cadence
+  and last saves. A preemption stops the loop after its save.
+
+  Returns:
+    The state at the last step trained (after a preemption: the step saved).
+  """
   try:
     with Preemption() as preemption:
       while step < last:
@@ -568,17 +603,16 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
         log.add(step, metrics)
         if step % tc.log_freq == 0:
           log.write(step)
-        if step % tc.eval_freq == 0:
-          log.scalar('eval/loss', float(eval_step(state, next(evals))), step, echo=True)
+        if after_step is not None:
+          after_step(state, step)
         # --- checkpoints: on the preemption cadence, the keep cadence, the end, or SIGTERM.
         preempted = preemption.reached(step)
         snapshot = step % tc.snapshot_freq == 0 or step == last
         if preempted or snapshot or step % tc.snapshot_freq_for_preemption == 0:
           log.check()
           save_state(manager, state, step, meta)
-        if snapshot and draw is not None:
-          judge_snapshot(config, _snapshot(draw, config.seed, state.params_ema, workdir, step),
-                         workdir, step)
+        if snapshot and after_snapshot is not None:
+          after_snapshot(state, step)
         if preempted:
           logging.warning('Preempted: saved step %d; stopping.', step)
           break
@@ -610,7 +644,8 @@ def sample(config, workdir: str, num_samples: int) -> str:
   params, step = checkpoints.restore_params(workdir, target)
   batch = sample_batch_size(config, num_samples, mesh)
   draw = sharded_sampler(config, job, batch, mesh)
-  logging.info('Sampling %d images from checkpoint %d in batches of %d.', num_samples, step, batch)
+  logging.info('Sampling %d images from checkpoint %d in batches of %d with %s.', num_samples,
+               step, batch, sampling.describe_from_config(config))
   key, parts = jax.random.key(config.seed), []
   with tqdm(total=num_samples, unit='img', disable=jax.process_index() != 0) as bar:
     for first in range(0, num_samples, batch):

@@ -9,3 +9,22 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for one test module (and the subprocesses it starts with
+  :func:`tests.helpers.subprocess_env`), then none: identical programs compile once."""
+  directory = tmp_path_factory.mktemp('jax_cache')
+  names = {'jax_compilation_cache_dir': str(directory),
+           'jax_persistent_cache_min_compile_time_secs': 0,
+           'jax_persistent_cache_min_entry_size_bytes': 0}
+  before = {name: getattr(jax.config, name) for name in names}
+  for name, value in names.items():
+    jax.config.update(name, value)
+  yield directory
+  for name, value in before.items():
+    jax.config.update(name, value)

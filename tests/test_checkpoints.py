@@ -1,6 +1,5 @@
 """Import of the original checkpoints: strictness, clear errors, parameter counts."""
 
-import importlib.util
 import json
 import pathlib
 import sys
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from sde_jax import checkpoints, models
+from tests.helpers import load_config
 
 DATA = pathlib.Path(__file__).parent / 'data'
 CONFIGS = pathlib.Path(__file__).parent.parent / 'configs'
@@ -21,13 +21,6 @@ FLAX = DATA / 'jax_ve_ncsnpp_continuous_tiny_checkpoint_5'
 def tiny_config():
   return ml_collections.ConfigDict(
       json.loads((DATA / 've_ncsnpp_continuous_tiny.json').read_text())['config'])
-
-
-def load_config(relative):
-  spec = importlib.util.spec_from_file_location('config', CONFIGS / relative)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 @pytest.mark.parametrize('path', [PTH, FLAX])

@@ -21,7 +21,7 @@ def test_toy_command_with_overrides(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = (tmp_path / 'report.md').read_text()
   assert 'rings, subvpsde, 20 steps' in report
-  assert '| PC euler_maruyama+none | 50 |' in report  # N = 50 steps, one evaluation each
+  assert '| pc (euler_maruyama + none) | 50 |' in report  # N = 50 steps, one evaluation each
   assert (tmp_path / 'samples.png').stat().st_size > 0
 
 

@@ -11,7 +11,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from sde_jax import sde as sde_lib
-from sde_jax.sampling import correctors, predictors
+from sde_jax.sampling import SAMPLERS, correctors, get_sampler_from_config, predictors
 
 # config_flags loads config files with importlib's deprecated load_module(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module:DeprecationWarning')
@@ -107,7 +107,7 @@ def test_sde_and_sampler_are_valid(rel):
   sde = sde_lib.from_config(config)
   assert sde.N == config.model.num_scales
   sampling = config.sampling
-  assert sampling.method in ('pc', 'ode')
+  assert sampling.method in SAMPLERS
   assert sampling.predictor in predictors.PREDICTORS
   assert sampling.corrector in correctors.CORRECTORS
   assert (sampling.predictor, sampling.corrector) != ('none', 'none')
@@ -116,6 +116,11 @@ def test_sde_and_sampler_are_valid(rel):
     assert isinstance(config.training[name], bool), name
   for name in ('noise_removal', 'probability_flow'):
     assert isinstance(sampling[name], bool), name
+  # Every sampler builds from every config: the options it reads are fields there (a field
+  # get_sampler does not take would be a TypeError, a missing one an AttributeError).
+  for method in SAMPLERS:
+    config.sampling.method = method
+    assert callable(get_sampler_from_config(config, sde, (2, 8, 8, 2)))  # 128 dimensions
   assert isinstance(config.data.centered, bool)
 
 
@@ -182,3 +187,30 @@ def test_loads_by_path_from_any_working_directory(tmp_path):
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.split() == ['64', 'vesde']
+
+
+@pytest.mark.parametrize('rel', ['toy_2d.py', 'digits/ddpmpp_continuous.py'])
+def test_fast_sampler_options_from_the_command_line(rel):
+  """--config.sampling.* reaches the sampler: the budget is the NFE it spends, and a bad option
+  value is the sampler's own error."""
+  import jax
+  import jax.numpy as jnp
+  config = _parse(rel, '--config.sampling.method=dpm_solver++', '--config.sampling.nfe=7',
+                  '--config.sampling.order=3', '--config.sampling.schedule=time_quadratic')
+  sde = sde_lib.from_config(config)
+  sampler = get_sampler_from_config(config, sde, (3, 2))
+
+  def score(params, x, t):  # of N(0, I) data: -x / (m(t)^2 + s(t)^2)
+    mean, std = sde.marginal_prob(jnp.ones_like(x), t)
+    return -x / (mean ** 2 + std[:, None] ** 2)
+
+  x, nfe = sampler(jax.random.key(0), score, None)
+  assert nfe == 7 and x.shape == (3, 2) and bool(jnp.isfinite(x).all())
+  config = _parse(rel, '--config.sampling.method=heun', '--config.sampling.s_tmax=inf',
+                  '--config.sampling.churn=0.5')
+  assert config.sampling.s_tmax == float('inf') and config.sampling.nfe is None
+  x, nfe = get_sampler_from_config(config, sde, (3, 2))(jax.random.key(0), score, None)
+  assert nfe == 35 and bool(jnp.isfinite(x).all())
+  with pytest.raises(ValueError, match='schedule'):
+    get_sampler_from_config(_parse(rel, '--config.sampling.method=dpm_solver++',
+                                   '--config.sampling.schedule=cosine'), sde, (3, 2))

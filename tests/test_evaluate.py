@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from sde_jax import checkpoints, evaluate, reproduce
 from sde_jax.metrics import fid, inception
+from tests.helpers import subprocess_env
 
 # config_flags loads config files with importlib's deprecated load_module(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module:DeprecationWarning')
@@ -69,28 +70,6 @@ def parse(argv):
 def mock_data():
   import tensorflow_datasets as tfds
   return tfds.testing.mock_data(num_examples=MOCK_EXAMPLES)
-
-
-@pytest.fixture(scope='module')
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module and its subprocesses, then none."""
-  directory = tmp_path_factory.mktemp('jax_cache')
-  names = {'jax_compilation_cache_dir': str(directory),
-           'jax_persistent_cache_min_compile_time_secs': 0,
-           'jax_persistent_cache_min_entry_size_bytes': 0}
-  before = {name: getattr(jax.config, name) for name in names}
-  for name, value in names.items():
-    jax.config.update(name, value)
-  yield directory
-  for name, value in before.items():
-    jax.config.update(name, value)
-
-
-def subprocess_env(cache):
-  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COMPILATION_CACHE_DIR': str(cache),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
-          'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
 
 
 @pytest.fixture(scope='module')
@@ -202,6 +181,25 @@ def test_changed_settings_are_refused(reference, files):
   assert sorted(os.listdir(reference['workdir'] / 'eval' / 'ckpt_5')) == before
 
 
+def test_eval_with_a_fast_sampler(reference, files):
+  """DPM-Solver++ from the config in another eval folder: its samples, NFE and report row; the
+  PC folder is untouched. A changed option of the fast sampler is refused like any other."""
+  flags_ = files['flags'] + ['--config.sampling.method=dpm_solver++', '--config.sampling.nfe=3',
+                             '--config.eval.enable_bpd=False', '--config.eval.enable_loss=False']
+  before = sorted(os.listdir(reference['workdir'] / 'eval' / 'ckpt_5'))
+  with mock_data():
+    report = evaluate.evaluate(parse(flags_), str(reference['workdir']), eval_folder='eval_dpm')
+  row = report['checkpoints'][0]
+  assert row['nfe'] == 3 and row['num_samples'] == NUM_SAMPLES and np.isfinite(row['fid'])
+  assert report['sampler'] == 'dpm_solver++ (nfe 3, order 2, schedule logsnr)'
+  samples = np.load(reference['workdir'] / 'eval_dpm' / 'ckpt_5' / 'samples_0.npz')['samples']
+  assert samples.shape == (8, 16, 16, 3) and samples.std() > 0
+  assert sorted(os.listdir(reference['workdir'] / 'eval' / 'ckpt_5')) == before
+  with pytest.raises(ValueError, match=r'sampling.nfe: 3 there, 4 now'):
+    evaluate.evaluate(parse(flags_ + ['--config.sampling.nfe=4']), str(reference['workdir']),
+                      eval_folder='eval_dpm')
+
+
 # --------------------------------------------------------------------------------------------
 # A killed job.
 
@@ -217,7 +215,7 @@ def test_killed_job_resumes_at_the_next_round(tmp_path, reference, files, compil
   numbers. Bits/dim are off here: their rounds resume the same way, and their solver is the one
   program the persistent compilation cache cannot hold (it raises errors through a callback)."""
   workdir = imported_workdir(tmp_path / 'killed')
-  env = subprocess_env(compilation_cache)
+  env = subprocess_env(compilation_cache, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   args = ['eval', *files['flags'], '--config.eval.enable_bpd=False', f'--workdir={workdir}']
   ckpt_dir = workdir / 'eval' / 'ckpt_5'
   proc = subprocess.Popen([sys.executable, '-m', 'tests.test_evaluate', 'block', *args],

@@ -22,6 +22,7 @@ from sde_jax import sampling
 from sde_jax import sde as sde_lib
 from sde_jax.sampling import dpm_solver, heun, schedules
 from tests import gaussian
+from tests.helpers import counting
 
 MEAN = np.array([1.0, -0.5])
 COV = np.array([[1.0, 0.5], [0.5, 0.8]])
@@ -54,17 +55,6 @@ def tweedie(name, x, t):
   m, s = gaussian.mean_std(name, np.float64(t))
   cov_t = m**2 * COV + s**2 * np.eye(2)
   return MEAN + (m * COV @ np.linalg.solve(cov_t, (x - m * MEAN).T)).T
-
-
-def counting(score_fn):
-  """``score_fn`` that appends to the returned list each time XLA evaluates it."""
-  calls = []
-
-  def counted(params, x, t):
-    jax.debug.callback(lambda: calls.append(1))
-    return score_fn(params, x, t)
-
-  return counted, calls
 
 
 def prior_draw(name, batch, seed=0):

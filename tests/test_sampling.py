@@ -26,6 +26,7 @@ from sde_jax import sde as sde_lib
 from sde_jax import sampling
 from sde_jax.sampling import pc
 from tests import gaussian
+from tests.helpers import counting
 
 MEAN = np.array([1.0, -0.5])
 COV = np.array([[1.0, 0.5], [0.5, 0.8]])
@@ -65,17 +66,6 @@ def oracle_score(name: str, mixture: gaussian.GaussianMixture):
     return mixture.score_t(name, flat, jnp.repeat(t, reps)).reshape(x.shape)
 
   return score
-
-
-def counting(score_fn):
-  """``score_fn`` that appends to the returned list each time XLA evaluates it."""
-  calls = []
-
-  def counted(params, x, t):
-    jax.debug.callback(lambda: calls.append(1))
-    return score_fn(params, x, t)
-
-  return counted, calls
 
 
 def mean_cov_tolerance(n: int, bias: float, z: float = 4.0):

@@ -9,7 +9,6 @@ Run as ``python -m tests.test_train WORKDIR N_ITERS BLOCK_AT``, this module is t
 kill test: it trains the tiny config and hangs when asked for train batch ``BLOCK_AT``.
 """
 
-import importlib.util
 import os
 import pathlib
 import signal
@@ -25,17 +24,11 @@ import pytest
 
 from sde_jax import checkpoints, parallel, train
 from sde_jax import data as data_lib
+from tests.helpers import load_config, subprocess_env
 
 ROOT = pathlib.Path(__file__).parent.parent
 CONFIGS = ROOT / 'configs'
 PTH = pathlib.Path(__file__).parent / 'data' / 've_ncsnpp_continuous_tiny.pth'
-
-
-def load_config(relative):
-  spec = importlib.util.spec_from_file_location('config', CONFIGS / relative)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def tiny_config(**training):
@@ -56,25 +49,8 @@ def tiny_config(**training):
   return config
 
 
-def cache_env(directory):
-  return {'JAX_COMPILATION_CACHE_DIR': str(directory),
-          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
-          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
-
-
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module (and its subprocesses), then none."""
-  directory = tmp_path_factory.mktemp('jax_cache')
-  names = {'jax_compilation_cache_dir': str(directory),
-           'jax_persistent_cache_min_compile_time_secs': 0,
-           'jax_persistent_cache_min_entry_size_bytes': 0}
-  before = {name: getattr(jax.config, name) for name in names}
-  for name, value in names.items():
-    jax.config.update(name, value)
-  yield directory
-  for name, value in before.items():
-    jax.config.update(name, value)
+# Every test of this module shares one persistent compilation cache (conftest.py).
+pytestmark = pytest.mark.usefixtures('compilation_cache')
 
 
 def patch_train_batches(monkeypatch, on_batch):
@@ -203,8 +179,7 @@ def test_killed_job_resumes_with_the_same_data_and_randomness(tmp_path, referenc
                                                              compilation_cache):
   """kill -9 after the checkpoint of step 8 and a restart give exactly the reference's step 12."""
   workdir = tmp_path / 'killed'
-  env = {**os.environ, **cache_env(compilation_cache), 'JAX_PLATFORMS': 'cpu',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  env = subprocess_env(compilation_cache, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   proc = subprocess.Popen([sys.executable, '-m', 'tests.test_train', str(workdir), '12', '9'],
                           cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -354,20 +329,27 @@ def import_config():
   return config
 
 
-def test_sample_command_reads_an_imported_checkpoint(tmp_path, compilation_cache):
+@pytest.mark.parametrize('sampler, described', [
+    ([], 'pc (reverse_diffusion + langevin, snr 0.16)'),
+    (['--config.sampling.method=heun', '--config.sampling.nfe=3', '--config.sampling.churn=0.5'],
+     'heun (nfe 3, churn 0.5)')])
+def test_sample_command_reads_an_imported_checkpoint(tmp_path, compilation_cache, sampler,
+                                                      described):
   checkpoints.import_to_workdir(import_config(), str(PTH), str(tmp_path))
   cmd = [sys.executable, '-m', 'sde_jax.cli', 'sample', '--config',
          str(CONFIGS / 've/cifar10_ncsnpp_continuous.py'), '--config.model.nf=16',
          '--config.model.ch_mult=(1,2,2)', '--config.model.num_res_blocks=1',
          '--config.model.attn_resolutions=(8,)', '--config.data.image_size=16',
-         '--config.model.num_scales=4', '--workdir', str(tmp_path), '--num_samples', '3']
-  env = {**os.environ, **cache_env(compilation_cache), 'JAX_PLATFORMS': 'cpu'}
+         '--config.model.num_scales=4', '--workdir', str(tmp_path), '--num_samples', '3',
+         *sampler]
+  env = subprocess_env(compilation_cache)
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   samples = np.load(tmp_path / 'samples' / 'samples.npz')['samples']
   assert samples.dtype == np.uint8 and samples.shape == (3, 16, 16, 3)
   assert (tmp_path / 'samples' / 'grid.png').stat().st_size > 0
   assert 'from checkpoint 1234' in proc.stderr
+  assert f'with {described}' in proc.stderr
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,7 +29,11 @@ class DigitsJudgement:
 
 def _to_8x8(images: np.ndarray) -> np.ndarray:
   """(N, S, S[, 1]) images in [0, 1] -> (N, 64) features on the 0..16 scale of the data set."""
-  images = np.asarray(images, np.float64)
+  images = np.asarray(images)
+  if not np.issubdtype(images.dtype, np.floating) or images.min() < 0 or images.max() > 1:
+    raise ValueError(f'digit images must be floats in [0, 1]; got {images.dtype} in '
+                     f'[{images.min()}, {images.max()}] (uint8 images: divide by 255).')
+  images = images.astype(np.float64)
   if images.ndim == 4:
     images = images[..., 0]
   n, size = images.shape[0], images.shape[1]

@@ -22,13 +22,11 @@ from sde_jax.sde import SDE, VESDE
 
 __all__ = ['CORRECTORS', 'PREDICTORS', 'SAMPLERS', 'get_adaptive_sde_sampler',
            'get_dpm_solver_sampler', 'get_heun_sampler', 'get_ode_sampler', 'get_pc_sampler',
-           'get_sampler', 'get_sampler_from_config']
+           'get_sampler', 'get_sampler_from_config', 'config_fields', 'describe_from_config',
+           'options_from_config', 'CONFIG_FIELDS']
 
 SAMPLERS = {'pc': get_pc_sampler, 'ode': get_ode_sampler, 'dpm_solver++': get_dpm_solver_sampler,
             'heun': get_heun_sampler, 'adaptive_sde': get_adaptive_sde_sampler}
-# Default budgets of the fixed-step samplers when the config has no ``sampling.nfe``: DPM-Solver++
-# is at its best from 10 to 20 evaluations, EDM's Heun sampler is defined with 35.
-DEFAULT_NFE = {'dpm_solver++': 20, 'heun': 35}
 
 
 def get_sampler(method: str, sde: SDE, shape: tuple[int, ...], **options):
@@ -46,45 +44,98 @@ def get_sampler(method: str, sde: SDE, shape: tuple[int, ...], **options):
   return factory(sde, shape, **options)
 
 
-def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...]):
-  """Builds the sampler named by ``config.sampling`` (the original configs' fields and more).
+def _lower(value) -> str:
+  return str(value).lower()
 
-  Reads ``method``, ``noise_removal`` (-> denoise) and ``eps`` (if present, else the original's
-  sampling_eps: 1e-5 for VE and 1e-3 for VP and sub-VP), then per method:
 
-  * ``'pc'``: ``predictor``, ``corrector``, ``snr``, ``n_steps_each``, ``probability_flow``;
-  * ``'ode'``: ``rtol``, ``atol`` (default 1e-5);
-  * ``'dpm_solver++'``: ``nfe`` (20), ``order`` (2), ``schedule`` ('logsnr'),
-    ``lower_order_final`` (True);
-  * ``'heun'``: ``nfe`` (35), ``rho`` (7), ``churn`` (0), ``s_tmin`` (0), ``s_tmax`` (inf),
-    ``s_noise`` (1);
-  * ``'adaptive_sde'``: ``reltol`` (0.05), ``abstol`` (0.0078), ``h_init`` (0.01), ``safety``
-    (0.9), ``exponent`` (0.9). Its tolerances have their own names because the ODE's
-    ``rtol = atol = 1e-5`` would make the SDE solver take thousands of steps.
+REQUIRED = object()  # a config field without a default
+# What each method reads from ``config.sampling``: (config field, option of the sampler's
+# factory, type, default when the config lacks the field or holds None). Every method also reads
+# ``noise_removal`` (-> ``denoise``) and ``eps``. The adaptive SDE solver's tolerances have their
+# own names because the ODE's ``rtol = atol = 1e-5`` would make it take thousands of steps.
+CONFIG_FIELDS = {
+    'pc': (('predictor', 'predictor', _lower, REQUIRED),
+           ('corrector', 'corrector', _lower, REQUIRED),
+           ('snr', 'snr', float, REQUIRED), ('n_steps_each', 'n_steps', int, REQUIRED),
+           ('probability_flow', 'probability_flow', bool, REQUIRED)),
+    'ode': (('rtol', 'rtol', float, 1e-5), ('atol', 'atol', float, 1e-5)),
+    # DPM-Solver++ is at its best from 10 to 20 evaluations; EDM's Heun sampler is defined
+    # with 35.
+    'dpm_solver++': (('nfe', 'nfe', int, 20), ('order', 'order', int, 2),
+                     ('schedule', 'schedule', _lower, 'logsnr'),
+                     ('lower_order_final', 'lower_order_final', bool, True)),
+    'heun': (('nfe', 'nfe', int, 35), ('rho', 'rho', float, 7.0), ('churn', 'churn', float, 0.0),
+             ('s_tmin', 's_tmin', float, 0.0), ('s_tmax', 's_tmax', float, float('inf')),
+             ('s_noise', 's_noise', float, 1.0)),
+    'adaptive_sde': (('reltol', 'rtol', float, 0.05), ('abstol', 'atol', float, 0.0078),
+                     ('h_init', 'h_init', float, 0.01), ('safety', 'safety', float, 0.9),
+                     ('exponent', 'exponent', float, 0.9)),
+}
 
-  Fields in parentheses are optional; the defaults are those shown.
+
+def config_fields(config, sde: SDE) -> dict:
+  """The fields of ``config.sampling`` that the configured sampler reads, with the values it
+  uses (defaults filled in): ``method``, ``eps``, ``noise_removal`` and the method's own.
+
+  ``eps`` absent means the original's sampling_eps: 1e-5 for VE, 1e-3 for VP and sub-VP.
+
+  Raises:
+    ValueError: for an unknown method, or a required field the config lacks.
   """
   cfg = config.sampling
-  method = cfg.method.lower()
-  eps = cfg.get('eps', 1e-5 if isinstance(sde, VESDE) else 1e-3)
-  options = {'eps': eps, 'denoise': bool(cfg.noise_removal)}
-  if method == 'pc':
-    options.update(predictor=cfg.predictor.lower(), corrector=cfg.corrector.lower(),
-                   snr=float(cfg.snr), n_steps=int(cfg.n_steps_each),
-                   probability_flow=bool(cfg.probability_flow))
-  elif method == 'ode':
-    options.update(rtol=float(cfg.get('rtol', 1e-5)), atol=float(cfg.get('atol', 1e-5)))
-  elif method == 'dpm_solver++':
-    options.update(nfe=int(cfg.get('nfe', DEFAULT_NFE[method])), order=int(cfg.get('order', 2)),
-                   schedule=str(cfg.get('schedule', 'logsnr')).lower(),
-                   lower_order_final=bool(cfg.get('lower_order_final', True)))
-  elif method == 'heun':
-    options.update(nfe=int(cfg.get('nfe', DEFAULT_NFE[method])), rho=float(cfg.get('rho', 7.0)),
-                   churn=float(cfg.get('churn', 0.0)), s_tmin=float(cfg.get('s_tmin', 0.0)),
-                   s_tmax=float(cfg.get('s_tmax', float('inf'))),
-                   s_noise=float(cfg.get('s_noise', 1.0)))
-  elif method == 'adaptive_sde':
-    options.update(rtol=float(cfg.get('reltol', 0.05)), atol=float(cfg.get('abstol', 0.0078)),
-                   h_init=float(cfg.get('h_init', 0.01)), safety=float(cfg.get('safety', 0.9)),
-                   exponent=float(cfg.get('exponent', 0.9)))
+  method = _lower(cfg.method)
+  fields = lookup(CONFIG_FIELDS, method, 'sampling.method')
+  eps = cfg.get('eps')
+  values = {'method': method, 'eps': float((1e-5 if isinstance(sde, VESDE) else 1e-3)
+                                           if eps is None else eps),
+            'noise_removal': bool(cfg.noise_removal)}
+  for field, _, kind, default in fields:
+    value = cfg.get(field)
+    if value is None:
+      if default is REQUIRED:
+        raise ValueError(f'config.sampling.{field} is needed by sampling.method={method!r} '
+                         'and is missing (or None).')
+      value = default
+    values[field] = kind(value)
+  return values
+
+
+def options_from_config(config, sde: SDE) -> tuple[str, dict]:
+  """``(method, options)``: the sampler ``config.sampling`` names and the keyword options of its
+  factory (:data:`CONFIG_FIELDS` mapped to the factory's names, plus ``eps`` and ``denoise``)."""
+  values = config_fields(config, sde)
+  method = values['method']
+  options = {'eps': values['eps'], 'denoise': values['noise_removal']}
+  options.update({option: values[field] for field, option, _, _ in CONFIG_FIELDS[method]})
+  return method, options
+
+
+def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...]):
+  """Builds the sampler named by ``config.sampling.method`` with the options of
+  :data:`CONFIG_FIELDS` (the original configs' fields and more).
+
+  The configs of configs/ hold every field (``configs._recipes.sampling``); a config without
+  the fast samplers' fields (an older one) gets the defaults of :data:`CONFIG_FIELDS`.
+  """
+  method, options = options_from_config(config, sde)
   return get_sampler(method, sde, shape, **options)
+
+
+def describe_from_config(config) -> str:
+  """The sampler ``config.sampling`` builds, in one line for logs and reports, e.g.
+  ``pc (reverse_diffusion + langevin, snr 0.16)`` or ``heun (nfe 35)``."""
+  cfg = config.sampling
+  method = _lower(cfg.method)
+  if method == 'pc':
+    detail = f'{cfg.predictor} + {cfg.corrector}'
+    if _lower(cfg.corrector) != 'none':
+      detail += f', snr {cfg.snr}'
+    return f'pc ({detail}{", probability flow" if cfg.probability_flow else ""})'
+  shown = {'ode': ('rtol', 'atol'), 'dpm_solver++': ('nfe', 'order', 'schedule'),
+           'heun': ('nfe', 'churn'), 'adaptive_sde': ('reltol', 'abstol')}.get(method, ())
+  defaults = {field: default for field, _, _, default in CONFIG_FIELDS.get(method, ())}
+  values = {k: defaults[k] if cfg.get(k) is None else cfg[k] for k in shown}
+  if not values.get('churn', 1):
+    del values['churn']
+  detail = ', '.join(f'{k} {v}' for k, v in values.items())
+  return f'{method} ({detail})' if detail else method

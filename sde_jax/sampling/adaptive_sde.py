@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -35,7 +35,8 @@ import numpy as np
 
 from sde_jax import rng
 from sde_jax.sampling import schedules
-from sde_jax.sampling.pc import PREDICTOR, ParamScoreFn, check_shape, prior_sample
+from sde_jax.sampling.compile import compile_sampler
+from sde_jax.sampling.pc import PREDICTOR, check_shape, prior_sample
 from sde_jax.sde import SDE, batch_mul
 
 Array = jax.Array
@@ -149,12 +150,4 @@ def get_adaptive_sde_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 0.0
       nfe = nfe + 1
     return x, nfe
 
-  compiled = jax.jit(sample, static_argnums=1)
-
-  def sampler(key: Array, score_fn: ParamScoreFn, params: Any, z: Array | None = None,
-              first_index: int | Array = 0) -> tuple[Array, Array]:
-    if z is not None and tuple(z.shape) != shape:
-      raise ValueError(f'z has shape {tuple(z.shape)}; this sampler was built for {shape}.')
-    return compiled(key, score_fn, params, z, first_index)
-
-  return sampler
+  return compile_sampler(sample, shape)

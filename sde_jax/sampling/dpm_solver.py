@@ -22,14 +22,14 @@ is DDIM. For VE (``m = 1``, ``s = sigma``) the same formula is the exponential i
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from sde_jax import rng
 from sde_jax.sampling import schedules
-from sde_jax.sampling.pc import ParamScoreFn, check_shape, prior_sample
+from sde_jax.sampling.compile import compile_sampler
+from sde_jax.sampling.pc import check_shape, prior_sample
 from sde_jax.sde import SDE
 
 Array = jax.Array
@@ -149,12 +149,4 @@ def get_dpm_solver_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 20, orde
                                 jnp.arange(steps))
     return predict(x, ts[-1]) if denoise else x
 
-  compiled = jax.jit(sample, static_argnums=1)
-
-  def sampler(key: Array, score_fn: ParamScoreFn, params: Any, z: Array | None = None,
-              first_index: int | Array = 0) -> tuple[Array, int]:
-    if z is not None and tuple(z.shape) != shape:
-      raise ValueError(f'z has shape {tuple(z.shape)}; this sampler was built for {shape}.')
-    return compiled(key, score_fn, params, z, first_index), nfe
-
-  return sampler
+  return compile_sampler(sample, shape, nfe)

@@ -18,14 +18,14 @@ sigma_i^2)``, and the step starts from ``sigma_hat``. Here ``sigma_hat`` is capp
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from sde_jax import rng
 from sde_jax.sampling import schedules
-from sde_jax.sampling.pc import PREDICTOR, ParamScoreFn, check_shape, prior_sample
+from sde_jax.sampling.compile import compile_sampler
+from sde_jax.sampling.pc import PREDICTOR, check_shape, prior_sample
 from sde_jax.sde import SDE, batch_mul
 
 Array = jax.Array
@@ -131,12 +131,4 @@ def get_heun_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 35, rho: float
     return d_fn(y, ts[-1]) if denoise else batch_mul(
         schedules.scale_std(sde, jnp.full(shape[:1], eps))[0], y)
 
-  compiled = jax.jit(sample, static_argnums=1)
-
-  def sampler(key: Array, score_fn: ParamScoreFn, params: Any, z: Array | None = None,
-              first_index: int | Array = 0) -> tuple[Array, int]:
-    if z is not None and tuple(z.shape) != shape:
-      raise ValueError(f'z has shape {tuple(z.shape)}; this sampler was built for {shape}.')
-    return compiled(key, score_fn, params, z, first_index), nfe
-
-  return sampler
+  return compile_sampler(sample, shape, nfe)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from sde_jax import odeint, rng
-from sde_jax.sampling.pc import ParamScoreFn, check_shape, lookup, prior_sample
+from sde_jax.sampling.compile import compile_sampler
+from sde_jax.sampling.pc import check_shape, lookup, prior_sample
 from sde_jax.sampling.predictors import reverse_diffusion
 from sde_jax.sde import SDE
 
@@ -60,12 +60,4 @@ def get_ode_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 1e-5, atol: 
       nfe = nfe + denoiser.evals
     return x, nfe
 
-  compiled = jax.jit(sample, static_argnums=1)
-
-  def sampler(key: Array, score_fn: ParamScoreFn, params: Any, z: Array | None = None,
-              first_index: int | Array = 0) -> tuple[Array, Array]:
-    if z is not None and tuple(z.shape) != shape:
-      raise ValueError(f'z has shape {tuple(z.shape)}; this sampler was built for {shape}.')
-    return compiled(key, score_fn, params, z, first_index)
-
-  return sampler
+  return compile_sampler(sample, shape)

@@ -1,0 +1,40 @@
+"""Small things several test modules share: loading a config file of configs/, counting the
+network evaluations a compiled sampler makes, and the environment of a test's subprocess."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+
+import jax
+
+CONFIGS = pathlib.Path(__file__).parent.parent / 'configs'
+
+
+def load_config(relative: str):
+  """``get_config()`` of ``configs/<relative>``, without the command line's override flags."""
+  spec = importlib.util.spec_from_file_location('config', CONFIGS / relative)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def counting(score_fn):
+  """``(counted, calls)``: ``counted`` is ``score_fn`` that appends to the list ``calls`` each time
+  XLA evaluates it, so a compiled loop's evaluations can be counted from outside."""
+  calls = []
+
+  def counted(params, x, t):
+    jax.debug.callback(lambda: calls.append(1))
+    return score_fn(params, x, t)
+
+  return counted, calls
+
+
+def subprocess_env(cache, **extra: str) -> dict[str, str]:
+  """This process's environment on CPU, with the persistent compilation cache ``cache`` (the
+  ``compilation_cache`` fixture of conftest.py) used for every program; ``extra`` on top."""
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COMPILATION_CACHE_DIR': str(cache),
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0', **extra}
