@@ -21,6 +21,11 @@ flags.DEFINE_string('checkpoint', None, 'import: an original checkpoint (score_s
                     'or score_sde_pytorch .pth).')
 flags.DEFINE_integer('num_samples', None, 'sample: how many images to draw.')
 flags.DEFINE_string('eval_folder', 'eval', 'eval: the sub-folder of --workdir for its results.')
+flags.DEFINE_integer('class', None, 'sample: draw samples of this class with the classifier of '
+                     'sde-jax train-classifier (guidance: --config.controllable.guidance_scale).')
+flags.DEFINE_integer('num_images', 8, 'inpaint, colorize: how many images to condition on.')
+flags.DEFINE_string('folder', None, 'inpaint, colorize: a folder of PNG / JPEG images to use '
+                    'instead of the config\'s eval split.')
 
 
 def _toy(config, workdir):
@@ -42,11 +47,37 @@ def _train(config, workdir):
 
 
 def _sample(config, workdir):
+  label = FLAGS['class'].value
+  if label is not None:
+    from sde_jax import controllable
+    count = 16 if FLAGS.num_samples is None else FLAGS.num_samples
+    path = controllable.class_job(config, workdir, label, num_samples=count)
+    print(f'Wrote {count} samples of class {label} to {path}')
+    return
   if FLAGS.num_samples is None:
-    raise app.UsageError('sde-jax sample needs --num_samples N.')
+    raise app.UsageError('sde-jax sample needs --num_samples N (or --class K).')
   from sde_jax import train
   path = train.sample(config, workdir, FLAGS.num_samples)
   print(f'Wrote {FLAGS.num_samples} samples to {path}')
+
+
+def _inpaint(config, workdir):
+  from sde_jax import controllable
+  path = controllable.inpaint_job(config, workdir, num_images=FLAGS.num_images,
+                                  folder=FLAGS.folder)
+  print(f'Wrote inputs, masks and inpainted images to {path}')
+
+
+def _colorize(config, workdir):
+  from sde_jax import controllable
+  path = controllable.colorize_job(config, workdir, num_images=FLAGS.num_images,
+                                   folder=FLAGS.folder)
+  print(f'Wrote inputs, gray images and colorized images to {path}')
+
+
+def _train_classifier(config, workdir):
+  from sde_jax import train_classifier
+  train_classifier.train_classifier(config, workdir)
 
 
 def _eval(config, workdir):
@@ -71,7 +102,8 @@ def _compare(config, workdir):
 
 
 COMMANDS = {'toy': _toy, 'import': _import, 'train': _train, 'sample': _sample, 'eval': _eval,
-            'fid-stats': _fid_stats, 'compare': _compare}
+            'fid-stats': _fid_stats, 'compare': _compare, 'inpaint': _inpaint,
+            'colorize': _colorize, 'train-classifier': _train_classifier}
 NO_CONFIG = ('compare',)  # commands that need --workdir only
 
 
