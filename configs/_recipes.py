@@ -43,6 +43,27 @@ def controllable(**fields):
       mask='right_half',  # the inpainting command's unknown region (sde_jax.controllable.MASKS)
       **fields))
 
+
+def classifier(*, blocks_per_group=4, channel_multiplier=10, embedding_size=128, ema_rate=0.999,
+               **training):
+  """The ``classifier`` section of ``sde-jax train-classifier``: the original's noise-conditional
+  Wide-ResNet (WRN-(6 blocks_per_group + 4)-channel_multiplier; the defaults are WRN-28-10 with a
+  128-wide Fourier embedding, as the original's CIFAR-10 classifier), trained on noisy data of the
+  config's SDE. ``training`` overrides the schedule's fields."""
+  section = ml_collections.ConfigDict(dict(
+      name='wideresnet', blocks_per_group=blocks_per_group,
+      channel_multiplier=channel_multiplier, num_classes=10, embedding_size=embedding_size,
+      fourier_scale=16., ema_rate=ema_rate))
+  section.training = ml_collections.ConfigDict(dict(
+      batch_size=128, n_iters=200001, n_jitted_steps=5, log_freq=100, eval_freq=5000,
+      snapshot_freq=50000, snapshot_freq_for_preemption=5000, keep_last=2,
+      eps=1e-5))  # t ~ U[eps, T]
+  section.training.update(training)
+  section.optim = ml_collections.ConfigDict(dict(
+      optimizer='Adam', lr=2e-4, beta1=0.9, eps=1e-8, weight_decay=0., warmup=1000,
+      grad_clip=1.))
+  return section
+
 def ve(config, *, continuous=True, ema_rate=0.999):
   """VE SDE (continuous) or SMLD noise levels (discrete), sampled by reverse diffusion + Langevin.
 

@@ -105,11 +105,18 @@ TFDS_DATASETS = {
 # Read from TFRecords at config.data.tfrecords_path, in the record format of the progressive-GAN
 # dataset tool. The original holds nothing out of them: eval reads the same records.
 TFRECORD_DATASETS = ('FFHQ', 'CelebAHQ')
-KNOWN_DATASETS = (*TFDS_DATASETS, *TFRECORD_DATASETS, 'digits', *TOY_DATASETS)
+# The embedded digits and their channel counts: 'digits_rgb' draws each class in its own colour
+# (DIGIT_COLORS), so that colorization has something to recover and a way to be judged.
+DIGITS_DATASETS = {'digits': 1, 'digits_rgb': 3}
+KNOWN_DATASETS = (*TFDS_DATASETS, *TFRECORD_DATASETS, *DIGITS_DATASETS, *TOY_DATASETS)
 
 SHUFFLE_BUFFER = 10_000  # the original's; config.data.shuffle_buffer_size overrides it
 TOY_EVAL_SIZE = 10_000  # points in a toy distribution's fixed eval set
 DIGITS_EVAL_FRACTION = 0.2  # the last 20% of each class is held out
+# Colour of digit k in 'digits_rgb': hue 36 k degrees, every channel in [0, 1] and the channel mean
+# 0.5 for every class, so the gray image (R + G + B) / 3 says nothing about the class's colour.
+DIGIT_COLORS = (0.5 + 0.5 * np.cos(2 * np.pi * (np.arange(10)[:, None] / 10
+                                                - np.arange(3)[None, :] / 3))).astype(np.float32)
 _TRAIN, _EVAL = 0, 1  # stream tags hashed into the seeds
 
 
@@ -167,8 +174,9 @@ def get_dataset(config, split: str, *, batch_size: int, seed: int = 0, start_ste
                uniform_dequantization)
   if spec.dataset in TOY_DATASETS:
     return _toy_train(spec, start_step) if split == 'train' else _toy_eval(spec)
-  if spec.dataset == 'digits':
-    x_train, y_train, x_eval, y_eval = digits_arrays(spec.example_shape[0])
+  if spec.dataset in DIGITS_DATASETS:
+    x_train, y_train, x_eval, y_eval = digits_arrays(spec.example_shape[0],
+                                                     colored=spec.dataset == 'digits_rgb')
     if split == 'train':
       return _array_train(x_train, y_train, spec, start_step)
     return _array_eval(x_eval, y_eval, spec)
@@ -202,9 +210,9 @@ def _spec(config, split, batch_size, seed, start_step, process_index, process_co
 
 def _image_shape(data) -> tuple[int, int, int]:
   """(size, size, channels) from the config, checked against what the data set has."""
-  digits = data.dataset == 'digits'
+  digits = data.dataset in DIGITS_DATASETS
   size = data.get('image_size', 16 if digits else None)
-  channels = 1 if digits else 3
+  channels = DIGITS_DATASETS.get(data.dataset, 3)
   if isinstance(size, bool) or not isinstance(size, int) or size < (8 if digits else 1):
     least = 'an int >= 8 (the 8x8 digits are only upsampled)' if digits else 'a positive int'
     raise ValueError(f'data.image_size must be {least} for {data.dataset}, got {size!r}.')
@@ -325,7 +333,7 @@ def _held_out(labels: np.ndarray, fraction: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def digits_arrays(image_size: int = 16):
+def digits_arrays(image_size: int = 16, colored: bool = False):
   """scikit-learn's 1797 8x8 handwritten digits, bilinearly upsampled, split train/eval.
 
   Pixel values 0..16 are divided by 16, then each image is upsampled to ``image_size`` with
@@ -335,10 +343,11 @@ def digits_arrays(image_size: int = 16):
 
   Args:
     image_size: output height and width, at least 8.
+    colored: RGB digits ('digits_rgb'): the stroke of digit k has the colour DIGIT_COLORS[k].
 
   Returns:
-    (x_train, y_train, x_eval, y_eval): float32 (N, image_size, image_size, 1) and int32 (N,);
-    1438 train and 359 eval examples.
+    (x_train, y_train, x_eval, y_eval): float32 (N, image_size, image_size, 1 or 3) and int32
+    (N,); 1438 train and 359 eval examples.
   """
   if image_size < 8:
     raise ValueError(f'image_size must be at least 8 (the digits are 8x8), got {image_size}.')
@@ -348,6 +357,8 @@ def digits_arrays(image_size: int = 16):
   x = np.einsum('ih,nhw,jw->nij', resize, digits.images / 16.0, resize)
   x = np.clip(x, 0.0, 1.0).astype(np.float32)[..., None]
   y = digits.target.astype(np.int32)
+  if colored:
+    x = x * DIGIT_COLORS[y][:, None, None, :]
   held_out = _held_out(y, DIGITS_EVAL_FRACTION)
   arrays = (x[~held_out], y[~held_out], x[held_out], y[held_out])
   for a in arrays:

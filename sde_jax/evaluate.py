@@ -360,8 +360,9 @@ def split_batches(config, split: str, per_process: int,
   if spec.dataset in data_lib.TOY_DATASETS:
     raise ValueError(f'data.dataset={spec.dataset!r} is a 2-D toy set; evaluation jobs are for '
                      'image data sets (the toy sets have `sde-jax toy`).')
-  if spec.dataset == 'digits':
-    x_train, y_train, x_eval, y_eval = data_lib.digits_arrays(spec.example_shape[0])
+  if spec.dataset in data_lib.DIGITS_DATASETS:
+    x_train, y_train, x_eval, y_eval = data_lib.digits_arrays(
+        spec.example_shape[0], colored=spec.dataset == 'digits_rgb')
     x, y = (x_train, y_train) if split == 'train' else (x_eval, y_eval)
     largest = math.ceil(len(x) / spec.process_count)
     return math.ceil(largest / per_process), data_lib._array_eval(x, y, spec)

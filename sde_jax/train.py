@@ -490,10 +490,10 @@ def judge_snapshot(config, images: np.ndarray, workdir: str, step: int) -> str |
   Appends a row to ``workdir/samples/quality.md`` and returns it; None for other data sets,
   which have no embedded judge (their quality is measured by ``sde-jax eval``).
   """
-  if config.data.dataset.lower() != 'digits' or jax.process_index() != 0:
+  if config.data.dataset not in data_lib.DIGITS_DATASETS or jax.process_index() != 0:
     return None
-  from sde_jax.metrics.digits import judge_digits  # pylint: disable=g-import-not-at-top
-  j = judge_digits(images.astype(np.float32) / 255.0)
+  from sde_jax.metrics import digits  # pylint: disable=g-import-not-at-top
+  j = digits.judge_digits(digits.intensity(images.astype(np.float32) / 255.0))
   path = os.path.join(workdir, 'samples', 'quality.md')
   if not os.path.exists(path):
     with open(path, 'w') as f:

@@ -19,6 +19,7 @@ from flax import traverse_util
 from sde_jax import controllable, train_classifier
 from sde_jax import sde as sde_lib
 from sde_jax.models import classifier as classifier_lib
+from tests.helpers import load_config
 
 DATA = pathlib.Path(__file__).parent / 'data'
 # The network of tests/data/wrn_original_tiny.json (the original's embedding size is fixed: 128).
@@ -53,6 +54,9 @@ def test_wrn_28_10_has_the_originals_parameter_count():
   hence less than the usual 36.5M) and 2,692,608 in the time embedding (with its 128 fixed
   Fourier frequencies) and the per-block projections."""
   assert _param_count(classifier_lib.WideResNet(), (1, 32, 32, 3)) == 38_913_242
+  # The CIFAR-10 classifier config builds that network.
+  config = load_config('ve/cifar10_ncsnpp_continuous_classifier.py')
+  assert _param_count(classifier_lib.get_classifier(config), (1, 32, 32, 3)) == 38_913_242
 
 
 def test_matches_the_original_network():

@@ -134,8 +134,9 @@ def test_image_config_fields(rel):
   assert model.name in MODEL_FIELDS
   assert not [n for n in MODEL_FIELDS[model.name] if n not in model]
   assert not [n for n in DATA_FIELDS.get(data.dataset, ()) if n not in data]
-  if data.dataset == 'digits':  # the embedded gray-scale set of the README's demo
-    assert data.num_channels == 1 and data.image_size % 8 == 0 and not data.random_flip
+  if data.dataset in ('digits', 'digits_rgb'):  # embedded: the README's demo, its RGB variant
+    assert data.num_channels == {'digits': 1, 'digits_rgb': 3}[data.dataset]
+    assert data.image_size % 8 == 0 and not data.random_flip
   else:
     assert data.num_channels == 3 and data.image_size in (32, 64, 128, 256, 1024)
   assert 0 < model.sigma_min < model.sigma_max and 0 < model.beta_min < model.beta_max

@@ -244,6 +244,28 @@ def test_digits_dataset():
                                        batch_size=8), 1)[0], (8, 28, 28, 1))
 
 
+def test_colored_digits_are_the_digits_in_their_class_colours():
+  """'digits_rgb': digit k is the gray digit times DIGIT_COLORS[k]; every colour has channel mean
+  0.5 (the gray image does not tell the colour), hues 36 degrees apart; the judge's helpers
+  recover the intensity and the class from the colour."""
+  from sde_jax.metrics import digits  # pylint: disable=g-import-not-at-top
+  gray, rgb = data.digits_arrays(16), data.digits_arrays(16, colored=True)
+  np.testing.assert_array_equal(gray[1], rgb[1])
+  for x1, x3, y in ((gray[0], rgb[0], gray[1]), (gray[2], rgb[2], gray[3])):
+    assert x3.shape == x1.shape[:3] + (3,)
+    np.testing.assert_allclose(x3, x1 * data.DIGIT_COLORS[y][:, None, None, :], atol=1e-7)
+    np.testing.assert_allclose(digits.intensity(x3), x1, atol=1e-6)
+    np.testing.assert_array_equal(digits.color_classes(x3), y)
+  np.testing.assert_allclose(data.DIGIT_COLORS.mean(1), 0.5, atol=1e-6)
+  assert data.DIGIT_COLORS.min() >= 0 and data.DIGIT_COLORS.max() <= 1
+  distances = np.linalg.norm(data.DIGIT_COLORS[:, None] - data.DIGIT_COLORS[None], axis=-1)
+  assert distances[~np.eye(10, dtype=bool)].min() > 0.35  # 2 r sin(18 deg), r = 0.5 sqrt(1.5)
+  config = _config(dataset='digits_rgb', random_flip=False, num_channels=3)
+  _assert_batch(_take(data.get_dataset(config, 'train', batch_size=8), 1)[0], (8, 16, 16, 3))
+  evals = list(data.get_dataset(config, 'eval', batch_size=100))
+  np.testing.assert_array_equal(_real(evals), rgb[2])
+
+
 def test_toy_sets_through_get_dataset():
   config = _config(dataset='rings')
   train = _take(data.get_dataset(config, 'train', batch_size=64, seed=1), 3)
@@ -304,6 +326,7 @@ def test_two_processes_partition_the_data(records):
     ({'dataset': 'digits', 'image_size': 4}, 'image_size'),
     ({'dataset': 'CIFAR10', 'image_size': 32, 'num_channels': 1}, 'num_channels'),
     ({'dataset': 'digits', 'num_channels': 3}, 'num_channels'),
+    ({'dataset': 'digits_rgb', 'num_channels': 1}, 'num_channels'),
     ({'dataset': 'LSUN', 'image_size': 64}, 'category'),
 ])
 def test_bad_configs_are_refused(fields, message):

@@ -44,6 +44,37 @@ def _to_8x8(images: np.ndarray) -> np.ndarray:
   return np.clip(pooled, 0.0, 1.0).reshape(n, 64) * 16.0
 
 
+def intensity(images: np.ndarray) -> np.ndarray:
+  """Digits in [0, 1] as the judge reads them: gray ones as they are, coloured ones
+  ('digits_rgb', 3 channels) as their stroke intensity, the channel mean over the colours' 0.5."""
+  images = np.asarray(images)
+  if images.ndim == 4 and images.shape[-1] == 3:
+    from sde_jax.data import DIGIT_COLORS  # pylint: disable=g-import-not-at-top
+    return np.clip(images.mean(-1, keepdims=True) / DIGIT_COLORS.mean(), 0.0, 1.0)
+  return images
+
+
+def color_classes(images: np.ndarray, min_intensity: float = 0.25) -> np.ndarray:
+  """The class whose colour (``data.DIGIT_COLORS``) is nearest to each RGB digit's stroke colour.
+
+  The stroke colour is the mean of the pixels whose intensity is at least ``min_intensity``,
+  divided by their mean intensity (so it compares with the palette at full intensity); images
+  with no such pixel get -1.
+
+  Args:
+    images: (N, S, S, 3) in [0, 1].
+  """
+  from sde_jax.data import DIGIT_COLORS  # pylint: disable=g-import-not-at-top
+  images = np.asarray(images, np.float64)
+  level = intensity(images)[..., 0]
+  stroke = level >= min_intensity
+  count = stroke.sum(axis=(1, 2))
+  color = (images * stroke[..., None]).sum(axis=(1, 2)) / np.maximum(count, 1)[:, None]
+  color /= np.maximum((level * stroke).sum(axis=(1, 2)) / np.maximum(count, 1), 1e-6)[:, None]
+  nearest = np.argmin(((color[:, None, :] - DIGIT_COLORS[None]) ** 2).sum(-1), axis=1)
+  return np.where(count > 0, nearest, -1)
+
+
 def _split():
   """scikit-learn's digits: the last 20% of each class held out."""
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
