@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_jax import models
+from sde_jax import checkpoints, models
 from sde_jax.checkpoints import param_template
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ def bench_ours(config, batch: int, repeats: int) -> dict:
   model = models.get_model(config)
   shape = (batch, config.data.image_size, config.data.image_size, config.data.num_channels)
   template, _ = param_template(model, shape)
-  count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(template))
+  count = checkpoints.num_params(template)
   params = models.init_params(model, jax.random.key(0), shape)
   x = jax.random.normal(jax.random.key(1), shape)
   labels = jnp.asarray(labels_for(config, batch))

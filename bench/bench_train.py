@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from bench_models import load_config  # this folder is on sys.path when run as a script
-from sde_jax import parallel, train
+from sde_jax import checkpoints, parallel, train
 
 CONFIGS = ('ve/cifar10_ncsnpp_continuous.py', 'vp/cifar10_ddpmpp_continuous.py',
            'subvp/cifar10_ddpmpp_continuous.py', 've/cifar10_ncsnpp_deep_continuous.py',
@@ -78,7 +78,7 @@ def bench_config(relative: str, batch: int, n_jitted_steps: int, calls: int) -> 
   if not np.all(np.isfinite(np.asarray(metrics['loss']))):
     raise FloatingPointError(f'{relative}: non-finite loss in the benchmark.')
   stats = jax.local_devices()[0].memory_stats() or {}
-  count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+  count = checkpoints.num_params(state.params)
   return {'config': relative, 'params_m': count / 1e6, 'compile_s': compile_s,
           'images_per_s': batch * n_jitted_steps / statistics.median(times),
           'peak_device': stats.get('peak_bytes_in_use'), 'xla_bytes': xla_bytes}

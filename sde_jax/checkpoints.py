@@ -419,7 +419,17 @@ def _saved_on_one_device(manager, step: int, item: str) -> Any:
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   metadata = ocp.StandardCheckpointer().metadata(manager.directory / str(step) / item)
   tree = getattr(metadata, 'item_metadata', metadata)
-  tree = getattr(tree, 'tree', tree)
+  return on_one_device(getattr(tree, 'tree', tree))
+
+
+def num_params(tree: Any) -> int:
+  """The number of parameters in ``tree`` (arrays or ShapeDtypeStructs)."""
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def on_one_device(tree: Any) -> Any:
+  """A restore target: the shapes and dtypes of ``tree``'s leaves (arrays, ShapeDtypeStructs or
+  orbax metadata) as ShapeDtypeStructs placed whole on this process's first device."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree_util.tree_map(
       lambda leaf: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=device), tree,
@@ -472,7 +482,7 @@ def restore_params(workdir: str | os.PathLike, target: Any, item: str = 'params_
 def import_to_workdir(config, checkpoint: str, workdir: str) -> str:
   """``sde-jax import``: reads an original checkpoint and stores it as an orbax checkpoint."""
   state = import_original(checkpoint, config)
-  count = sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(state.params))
+  count = num_params(state.params)
   path = save_imported(workdir, state, {'source': os.path.abspath(checkpoint),
                                         'model': config.model.name, 'num_params': count})
   print(f'Imported {checkpoint} (step {state.step}, {count:,} parameters, EMA included) '

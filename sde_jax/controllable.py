@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -49,8 +48,6 @@ import numpy as np
 
 from sde_jax import rng, sampling
 from sde_jax.sampling import pc
-from sde_jax.sampling.correctors import CORRECTORS
-from sde_jax.sampling.predictors import PREDICTORS
 from sde_jax.sde import SDE, ScoreFn, batch_mul
 
 Array = jax.Array
@@ -208,21 +205,6 @@ def tweedie_guidance(sde: SDE, score: ScoreFn, basis: Basis, y: Array, mask: Arr
 # The samplers.
 
 
-def _check_steps(sde: SDE, shape, predictor: str, corrector: str, snr: float, n_steps: int,
-                 probability_flow: bool):
-  shape = pc.check_shape(shape)
-  pred = pc.lookup(PREDICTORS, predictor, 'predictor')(sde, probability_flow)
-  corr = pc.lookup(CORRECTORS, corrector, 'corrector')(sde, snr, n_steps)
-  if pred.evals + corr.evals == 0:
-    raise ValueError("predictor='none' with corrector='none' never evaluates the score; choose "
-                     'at least one.')
-  dim = int(np.prod(shape[1:]))
-  if corrector == 'langevin' and dim < pc.MIN_LANGEVIN_DIM:
-    warnings.warn(f"corrector='langevin' takes its step size from each example's own norms, which "
-                  f'biases low-dimensional samples (d = {dim}); see get_pc_sampler.', stacklevel=3)
-  return shape, pred, corr
-
-
 METHODS = ('replacement', 'tmpd')
 
 
@@ -254,8 +236,8 @@ def get_pc_linear_sampler(sde: SDE, shape: tuple[int, ...], basis: str = 'identi
     basis, 1 where known. ``nfe`` counts network passes: a guided evaluation is a
     linearisation, ``solver_iters`` JVPs and one VJP, counted ``2 + solver_iters``.
   """
-  shape, pred, corr = _check_steps(sde, shape, predictor, corrector, snr, n_steps,
-                                   probability_flow)
+  shape, pred, corr = pc.pc_steps(sde, shape, predictor, corrector, snr, n_steps,
+                                  probability_flow)
   space = pc.lookup(BASES, basis, 'basis')
   if method not in METHODS:
     raise ValueError(f'method={method!r} is not known; expected one of {list(METHODS)}.')
@@ -504,8 +486,7 @@ def load_images(config, num_images: int, folder: str | None = None) -> np.ndarra
   if folder is None:
     from sde_jax import data as data_lib  # pylint: disable=g-import-not-at-top
     batch = next(data_lib.get_dataset(config, 'eval', batch_size=num_images, seed=config.seed))
-    images = np.clip(np.asarray(batch['image'])[np.asarray(batch['mask'])] * 255.0, 0, 255)
-    return np.round(images).astype(np.uint8)
+    return data_lib.to_uint8_data(np.asarray(batch['image'])[np.asarray(batch['mask'])])
   from PIL import Image  # pylint: disable=g-import-not-at-top
   files = sorted(f for f in os.listdir(folder)
                  if f.lower().endswith(('.png', '.jpg', '.jpeg', '.bmp')))[:num_images]
@@ -557,10 +538,8 @@ def _restore_score_model(config, workdir: str):
   """(job, EMA params, step) of ``workdir``'s latest score-model checkpoint, on one device."""
   from sde_jax import checkpoints, train  # pylint: disable=g-import-not-at-top
   job = train.Job.from_config(config)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), job.abstract_params())
-  params, step = checkpoints.restore_params(workdir, target)
+  params, step = checkpoints.restore_params(workdir,
+                                            checkpoints.on_one_device(job.abstract_params()))
   return job, params, step
 
 

@@ -265,6 +265,12 @@ def _padded(batches: Iterator[Batch], largest_shard: int, spec: _Spec) -> Iterat
     yield _pad(empty, spec.batch_size)
 
 
+def to_uint8_data(images01: np.ndarray) -> np.ndarray:
+  """Data images in [0, 1] (as the pipelines give them) -> uint8, rounded: an 8-bit pixel ``k``
+  read as ``k / 255`` in float32 may come back as ``k - 1`` if truncated."""
+  return np.clip(np.round(np.asarray(images01) * 255.0), 0, 255).astype(np.uint8)
+
+
 # --- In-memory data: the digits and the toy distributions ----------------------------------------
 
 def _augment(images: np.ndarray, rng: np.random.Generator, spec: _Spec, train: bool):

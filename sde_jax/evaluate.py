@@ -37,7 +37,6 @@ import time
 from typing import Any, Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -373,12 +372,6 @@ def split_batches(config, split: str, per_process: int,
   return math.ceil(largest / per_process), data_lib._tf_eval(source, spec)
 
 
-def to_uint8_data(images01: np.ndarray) -> np.ndarray:
-  """Data images in [0, 1] -> uint8, rounded: an 8-bit pixel ``k`` read as ``k / 255`` in
-  float32 may come back as ``k - 1`` if truncated."""
-  return np.clip(np.round(np.asarray(images01) * 255.0), 0, 255).astype(np.uint8)
-
-
 def global_mask(mask: np.ndarray) -> np.ndarray:
   """The ``'mask'`` of a batch over all processes, in the order of the global batch."""
   if jax.process_count() == 1:
@@ -493,7 +486,7 @@ def dataset_stats(config, workdir: str) -> str:
   with tqdm(total=n_batches, unit='batch', desc='fid-stats',
             disable=jax.process_index() != 0) as bar:
     for local in batches:
-      out = net.features(to_uint8_data(local['image']), batch, mesh)
+      out = net.features(data_lib.to_uint8_data(local['image']), batch, mesh)
       pools.append(out['pool_3'][global_mask(local['mask'])])
       bar.update(1)
   pool_3 = np.concatenate(pools)
@@ -541,20 +534,10 @@ class Programs:
 
   @functools.cached_property
   def draw(self):
-    """``(key, params, first_index) -> (uint8 images, nfe)``: one round, split over devices,
-    with the config's sampler; image i from ``fold_in(key, first_index + i)``. uint8 as the
-    original: ``clip(x * 255).astype(uint8)``, truncating."""
-    job = self.job
-    sampler = sampling.get_sampler_from_config(self.config, job.sde,
-                                               (self.batch, *job.image_shape))
-
-    def draw(key, params, first_index):
-      x, nfe = sampler(key, job.score_fn, params, first_index=first_index)
-      images = jnp.clip(job.inverse_scaler(x) * 255.0, 0, 255).astype(jnp.uint8)
-      return images, jnp.asarray(nfe)
-
-    return jax.jit(draw, out_shardings=(parallel.batch_sharding(self.mesh),
-                                        parallel.replicated(self.mesh)))
+    """``(key, params, first_index) -> (images in [0, 1], nfe)``: one round, split over devices,
+    with the config's sampler; image i from ``fold_in(key, first_index + i)``
+    (:func:`sde_jax.train.sharded_sampler`)."""
+    return train.sharded_sampler(self.config, self.job, self.batch, self.mesh)
 
 
 @dataclasses.dataclass
@@ -686,7 +669,8 @@ def eval_samples(ckpt: Checkpoint, programs: Programs, settings: EvalSettings, n
             done.all()) as bar:
     for r in np.flatnonzero(~done):
       images, nfe = programs.draw(key, ckpt.params, int(r) * batch)
-      images = train.gather(images)
+      # uint8 as the original: clip(x * 255).astype(uint8), truncating.
+      images = train.to_uint8(train.gather(images))
       if jax.process_index() == 0:
         save_npz(ckpt.path(f'samples_{r}.npz'), samples=images, nfe=np.asarray(nfe))
       out = net.features(images[mine], batch, mesh)

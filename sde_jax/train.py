@@ -270,8 +270,10 @@ def save_state(manager, state: TrainState, step: int, meta: dict) -> None:
 # Data.
 
 
-def train_batches(config, per_process: int, start_step: int, mesh) -> Iterator[Array]:
-  """Global arrays of ``n_jitted_steps`` training batches, images in [0, 1], from ``start_step``.
+def stacked_batches(config, per_process: int, n_steps: int, start_step: int, mesh,
+                    keys: tuple[str, ...] = ('image',)) -> Iterator[dict]:
+  """Global arrays ``{key: (n_steps, B, ...)}`` of ``n_steps`` training batches from
+  ``start_step`` (images in [0, 1]), for one compiled call of a trainer.
 
   Each process reads its own part of each batch; batch ``s`` is the same whether the job started
   at 0 or resumed at ``s``.
@@ -280,8 +282,15 @@ def train_batches(config, per_process: int, start_step: int, mesh) -> Iterator[A
                             start_step=start_step)
   sharding = steps_sharding(mesh)
   while True:
-    local = np.stack([next(it)['image'] for _ in range(config.training.n_jitted_steps)])
-    yield jax.make_array_from_process_local_data(sharding, local)
+    parts = [next(it) for _ in range(n_steps)]
+    yield {k: jax.make_array_from_process_local_data(sharding, np.stack([p[k] for p in parts]))
+           for k in keys}
+
+
+def train_batches(config, per_process: int, start_step: int, mesh) -> Iterator[Array]:
+  """The images of :func:`stacked_batches`, ``training.n_jitted_steps`` batches per item."""
+  return (batch['image'] for batch in stacked_batches(
+      config, per_process, config.training.n_jitted_steps, start_step, mesh))
 
 
 def eval_batches(config, per_process: int, mesh) -> Iterator[dict]:
@@ -427,15 +436,17 @@ def to_uint8(images) -> np.ndarray:
 
 
 def sharded_sampler(config, job: Job, batch: int, mesh):
-  """``draw(key, params, first_index) -> images in [0, 1]``, a global batch split over devices,
-  with the sampler the config names; example i uses ``fold_in(key, first_index + i)``."""
+  """``draw(key, params, first_index) -> (images in [0, 1], nfe)``: a global batch split over
+  devices, with the sampler the config names, and its score evaluations (replicated); example i
+  uses ``fold_in(key, first_index + i)``. (Keeping ``nfe`` keeps the adaptive solver's
+  did-not-finish check, which rides on it, in the program.)"""
   sampler = sampling.get_sampler_from_config(config, job.sde, (batch, *job.image_shape))
 
   def draw(key, params, first_index):
-    x, _ = sampler(key, job.score_fn, params, first_index=first_index)
-    return job.inverse_scaler(x)
+    x, nfe = sampler(key, job.score_fn, params, first_index=first_index)
+    return job.inverse_scaler(x), jnp.asarray(nfe)
 
-  return jax.jit(draw, out_shardings=parallel.batch_sharding(mesh))
+  return jax.jit(draw, out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
 
 
 def gather(x: Array) -> np.ndarray:
@@ -476,7 +487,7 @@ def sample_batch_size(config, num_samples: int, mesh) -> int:
 
 def _snapshot(draw, seed: int, params, workdir: str, step: int) -> np.ndarray:
   """Samples a batch with the EMA parameters, writes ``samples/step_<step>.png``, returns it."""
-  images = to_uint8(gather(draw(jax.random.key(seed), params, 0)))
+  images = to_uint8(gather(draw(jax.random.key(seed), params, 0)[0]))
   if jax.process_index() == 0:
     path = fresh_path(os.path.join(workdir, 'samples', f'step_{step}.png'))
     viz.image_grid_png(path, images)
@@ -513,7 +524,7 @@ def judge_snapshot(config, images: np.ndarray, workdir: str, step: int) -> str |
 
 
 def _meta(config, state: TrainState) -> dict:
-  count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+  count = checkpoints.num_params(state.params)
   return {'source': 'sde-jax train', 'model': config.model.name, 'num_params': count,
           'config': json.loads(config.to_json_best_effort())}
 
@@ -649,7 +660,7 @@ def sample(config, workdir: str, num_samples: int) -> str:
   key, parts = jax.random.key(config.seed), []
   with tqdm(total=num_samples, unit='img', disable=jax.process_index() != 0) as bar:
     for first in range(0, num_samples, batch):
-      parts.append(to_uint8(gather(draw(key, params, first)))[:num_samples - first])
+      parts.append(to_uint8(gather(draw(key, params, first)[0]))[:num_samples - first])
       bar.update(len(parts[-1]))
   images = np.concatenate(parts)
   out = os.path.join(workdir, 'samples')

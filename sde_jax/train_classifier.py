@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -102,18 +102,6 @@ def _job(config) -> train.Job:
                    data_lib.get_data_scaler(config), data_lib.get_data_inverse_scaler(config))
 
 
-def labelled_batches(config, per_process: int, n_steps: int, start_step: int,
-                     mesh) -> Iterator[dict]:
-  """Global ``{'image', 'label'}`` arrays of ``n_steps`` training batches from ``start_step``."""
-  it = data_lib.get_dataset(config, 'train', batch_size=per_process, seed=config.seed,
-                            start_step=start_step)
-  sharding = train.steps_sharding(mesh)
-  while True:
-    parts = [next(it) for _ in range(n_steps)]
-    local = {k: np.stack([p[k] for p in parts]) for k in ('image', 'label')}
-    yield {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-
-
 def evaluate_accuracy(config, accuracy, params, per_process: int, mesh,
                       seed: int) -> dict[str, float]:
   """Accuracy of ``params`` on the whole eval split at each time of :data:`EVAL_TIMES`, with
@@ -159,9 +147,10 @@ def train_classifier(config, workdir: str) -> train.TrainState:
       train.make_train_step(loss_fn, optimizer, float(config.classifier.ema_rate),
                             train.learning_rate_schedule(view), unroll=cpu), shardings, mesh)
   accuracy = make_accuracy_fn(job.sde, job.model, job.scaler, float(tc.eps))
-  batches = labelled_batches(config, per_process, tc.n_jitted_steps, step, mesh)
+  batches = train.stacked_batches(config, per_process, tc.n_jitted_steps, step, mesh,
+                                  keys=('image', 'label'))
   log = train.MetricLog(directory, tc.batch_size, last)
-  count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params))
+  count = checkpoints.num_params(state.params)
   meta = {'source': 'sde-jax train-classifier', 'model': config.classifier.name,
           'num_params': count, 'sde': config.training.sde,
           'config': json.loads(config.to_json_best_effort())}
@@ -189,10 +178,7 @@ def restore_classifier(config, workdir: str, step: int | None = None) -> tuple[A
     FileNotFoundError: if ``workdir`` holds no classifier checkpoint (train one first).
   """
   job = _job(config)
-  abstract = job.abstract_params()
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+  target = checkpoints.on_one_device(job.abstract_params())
   try:
     params, step = checkpoints.restore_params(os.path.join(workdir, SUBDIR), target, step=step)
   except FileNotFoundError as e:

@@ -1,15 +1,21 @@
-"""Small things several test modules share: loading a config file of configs/, counting the
-network evaluations a compiled sampler makes, and the environment of a test's subprocess."""
+"""Small things several test modules share: loading a config file of configs/ (as Python, or as
+the command line does), running the ``sde-jax`` command, counting the network evaluations a
+compiled sampler makes, and the environment of a test's subprocess."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
+from absl import flags
+from ml_collections import config_flags
 
-CONFIGS = pathlib.Path(__file__).parent.parent / 'configs'
+ROOT = pathlib.Path(__file__).parent.parent
+CONFIGS = ROOT / 'configs'
 
 
 def load_config(relative: str):
@@ -18,6 +24,24 @@ def load_config(relative: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def parse_flags(argv: list[str]):
+  """The config that ``sde-jax`` builds from the flags ``argv`` (``--config=PATH`` first, then
+  ``--config.a.b=v`` overrides), locked as there."""
+  argv = ['prog', *argv]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'config file', flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+  """``sde-jax args`` in a subprocess on CPU, from the repository root."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  return subprocess.run([sys.executable, '-m', 'sde_jax.cli', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
 
 
 def counting(score_fn):

@@ -1,23 +1,13 @@
 """The ``sde-jax`` command line: config flags reach the job, bad input is a clear error."""
 
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(*args):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  return subprocess.run([sys.executable, '-m', 'sde_jax.cli', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+from tests.helpers import run_cli
 
 
 def test_toy_command_with_overrides(tmp_path):
-  proc = _run('toy', '--config', 'configs/toy_2d.py', f'--workdir={tmp_path}',
-              '--config.training.n_iters=20', '--config.training.sde=subvpsde',
-              '--config.model.num_scales=50', '--config.eval.num_samples=64',
-              '--config.eval.num_likelihood=16', '--config.data.dataset=rings')
+  proc = run_cli('toy', '--config', 'configs/toy_2d.py', f'--workdir={tmp_path}',
+                 '--config.training.n_iters=20', '--config.training.sde=subvpsde',
+                 '--config.model.num_scales=50', '--config.eval.num_samples=64',
+                 '--config.eval.num_likelihood=16', '--config.data.dataset=rings')
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = (tmp_path / 'report.md').read_text()
   assert 'rings, subvpsde, 20 steps' in report
@@ -26,12 +16,12 @@ def test_toy_command_with_overrides(tmp_path):
 
 
 def test_unknown_command_and_config_field_are_errors(tmp_path):
-  proc = _run('trian', '--config', 'configs/toy_2d.py', f'--workdir={tmp_path}')
+  proc = run_cli('trian', '--config', 'configs/toy_2d.py', f'--workdir={tmp_path}')
   assert proc.returncode != 0 and "'trian'" in proc.stderr and 'toy' in proc.stderr
-  proc = _run('toy', '--config', 'configs/toy_2d.py', f'--workdir={tmp_path}',
-              '--config.training.n_iterz=5')
+  proc = run_cli('toy', '--config', 'configs/toy_2d.py', f'--workdir={tmp_path}',
+                 '--config.training.n_iterz=5')
   assert proc.returncode != 0 and 'n_iterz' in proc.stderr
-  proc = _run('toy', '--config', 'configs/toy_2d.py', f'--workdir={tmp_path}',
-              '--config.data.dataset=cifar10')
+  proc = run_cli('toy', '--config', 'configs/toy_2d.py', f'--workdir={tmp_path}',
+                 '--config.data.dataset=cifar10')
   assert proc.returncode != 0 and "'cifar10'" in proc.stderr
   assert not (tmp_path / 'report.md').exists()

@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
 from sde_jax import sde as sde_lib
 from sde_jax.sampling import SAMPLERS, correctors, get_sampler_from_config, predictors
+from tests.helpers import parse_flags
 
 # config_flags loads config files with importlib's deprecated load_module(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module:DeprecationWarning')
@@ -83,12 +82,7 @@ DATA_FIELDS = {'LSUN': ('category',), 'FFHQ': ('tfrecords_path',), 'CelebAHQ': (
 
 def _parse(rel, *overrides):
   """Loads configs/``rel`` through config_flags, as ``sde-jax --config`` does."""
-  argv = ['prog', f'--config={os.path.join(CONFIG_DIR, rel)}', *overrides]
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'config file', flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
-  flag_values(argv)
-  return flag_values.config
+  return parse_flags([f'--config={os.path.join(CONFIG_DIR, rel)}', *overrides])
 
 
 def test_every_original_config_is_here():
@@ -188,6 +182,23 @@ def test_loads_by_path_from_any_working_directory(tmp_path):
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.split() == ['64', 'vesde']
+
+
+def test_config_sampling_defaults_are_the_samplers():
+  """configs._recipes.sampling holds the defaults of sampling.CONFIG_FIELDS (which apply to
+  configs without the fields), so that a config that states them samples as one that does not;
+  nfe is None there, each method's own budget."""
+  from configs import _recipes  # pylint: disable=g-import-not-at-top
+  from sde_jax import sampling  # pylint: disable=g-import-not-at-top
+  section = _recipes.sampling()
+  for method, fields in sampling.CONFIG_FIELDS.items():
+    for field, _, _, default in fields:
+      if default is sampling.REQUIRED:  # the PC sampler's, set with the SDE
+        continue
+      if field == 'nfe':
+        assert section.nfe is None
+      else:
+        assert section[field] == default, (method, field)
 
 
 @pytest.mark.parametrize('rel', ['toy_2d.py', 'digits/ddpmpp_continuous.py'])

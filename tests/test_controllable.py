@@ -16,9 +16,6 @@ docs/controllable.md.
 from __future__ import annotations
 
 import functools
-import os
-import pathlib
-import subprocess
 import sys
 
 import chex
@@ -31,8 +28,7 @@ from sde_jax import controllable, rng, sampling
 from sde_jax import sde as sde_lib
 from sde_jax.sampling import pc
 from tests import gaussian
-
-ROOT = pathlib.Path(__file__).parent.parent
+from tests.helpers import run_cli
 
 SDES = {'vesde': sde_lib.VESDE, 'vpsde': sde_lib.VPSDE, 'subvpsde': sde_lib.SubVPSDE}
 N_SAMPLES = 4000
@@ -545,11 +541,9 @@ TINY_FLAGS = ['--config=configs/digits/classifier.py', '--config.data.dataset=CI
               '--config.sampling.corrector=none', '--config.eval.batch_size=2']
 
 
-def run_cli(*argv):
-  """``sde-jax argv`` in a subprocess on CPU; its stdout, or the test fails with its stderr."""
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  proc = subprocess.run([sys.executable, '-m', 'sde_jax.cli', *argv], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+def run_ok(*argv) -> str:
+  """``sde-jax argv``'s stdout; the test fails with its stderr if it fails."""
+  proc = run_cli(*argv)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout
 
@@ -559,18 +553,18 @@ def test_commands(tmp_path):
   flags; a second run keeps the first one's files."""
   config, folder = _tiny_rgb_workdir(tmp_path)
   workdir = f'--workdir={tmp_path}'
-  run_cli('inpaint', *TINY_FLAGS, workdir, f'--folder={folder}',
+  run_ok('inpaint', *TINY_FLAGS, workdir, f'--folder={folder}',
           '--config.controllable.mask=center', '--config.controllable.method=tmpd')
   out = np.load(tmp_path / 'controllable' / 'inpaint-tmpd.npz')
   np.testing.assert_array_equal(out['mask'], controllable.make_mask('center', (8, 8, 3)))
   known = out['mask'] > 0
   np.testing.assert_array_equal(out['result'][:, known], out['images'][:, known])
   first = (tmp_path / 'controllable' / 'inpaint-tmpd.npz').read_bytes()
-  run_cli('colorize', *TINY_FLAGS, workdir, f'--folder={folder}', '--num_images=1')
+  run_ok('colorize', *TINY_FLAGS, workdir, f'--folder={folder}', '--num_images=1')
   out = np.load(tmp_path / 'controllable' / 'colorize-replacement.npz')
   assert out['result'].shape == (1, 8, 8, 3) and out['result'].dtype == np.uint8
   np.testing.assert_array_equal(out['gray'], controllable.gray_images(out['images']))
-  stdout = run_cli('sample', *TINY_FLAGS, workdir, '--class=7', '--num_samples=2')
+  stdout = run_ok('sample', *TINY_FLAGS, workdir, '--class=7', '--num_samples=2')
   assert np.load(tmp_path / 'controllable' / 'class-7.npz')['samples'].shape == (2, 8, 8, 3)
   assert 'Wrote 2 samples of class 7' in stdout
   # A second inpainting into the same folder (in this process) keeps the first one's files.

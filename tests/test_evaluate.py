@@ -24,12 +24,10 @@ import time
 import jax
 import numpy as np
 import pytest
-from absl import flags
-from ml_collections import config_flags
 
 from sde_jax import checkpoints, evaluate, reproduce
 from sde_jax.metrics import fid, inception
-from tests.helpers import subprocess_env
+from tests.helpers import parse_flags, subprocess_env
 
 # config_flags loads config files with importlib's deprecated load_module(); not ours to fix.
 pytestmark = pytest.mark.filterwarnings('ignore:the load_module:DeprecationWarning')
@@ -57,16 +55,6 @@ def config_flags_for(weights, stats):
       '--config.eval.bpd_rtol=0.1', '--config.eval.bpd_atol=0.1']
 
 
-def parse(argv):
-  """The config that ``sde-jax`` builds from ``argv`` (flags only)."""
-  argv = ['prog', *argv]
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', None, 'config', flag_values=values,
-                                  lock_config=True, sys_argv=argv)
-  values(argv)
-  return values.config
-
-
 def mock_data():
   import tensorflow_datasets as tfds
   return tfds.testing.mock_data(num_examples=MOCK_EXAMPLES)
@@ -82,7 +70,7 @@ def files(tmp_path_factory, compilation_cache):
   np.savez(weights, **inception.state_dict_from_params(
       inception.init_params(jax.random.key(0), model)))
   stats = root / 'cifar10_stats.npz'
-  config = parse(config_flags_for(weights, stats))
+  config = parse_flags(config_flags_for(weights, stats))
   with mock_data():
     assert evaluate.dataset_stats(config, str(root)) == str(stats)
   return {'weights': weights, 'stats': stats, 'flags': config_flags_for(weights, stats)}
@@ -90,7 +78,7 @@ def files(tmp_path_factory, compilation_cache):
 
 def imported_workdir(path, checkpoint=CHECKPOINT):
   """``sde-jax import`` of ``checkpoint`` into ``path`` (the model fields are all it reads)."""
-  config = parse(config_flags_for('unused', 'unused'))
+  config = parse_flags(config_flags_for('unused', 'unused'))
   checkpoints.import_to_workdir(config, str(checkpoint), str(path))
   return path
 
@@ -99,7 +87,7 @@ def imported_workdir(path, checkpoint=CHECKPOINT):
 def reference(tmp_path_factory, files):
   """An uninterrupted evaluation of checkpoint 5: loss, bits/dim, 20 samples and metrics."""
   workdir = imported_workdir(tmp_path_factory.mktemp('reference'))
-  config = parse(files['flags'])
+  config = parse_flags(files['flags'])
   with mock_data():
     report = evaluate.evaluate(config, str(workdir), config_name=str(CONFIG))
   return {'workdir': workdir, 'report': report, 'row': report['checkpoints'][0]}
@@ -130,7 +118,7 @@ def test_fid_stats_match_a_direct_computation(files):
 
 
 def test_fid_stats_never_overwrite(files):
-  config = parse(files['flags'])
+  config = parse_flags(files['flags'])
   with pytest.raises(FileExistsError, match='never overwritten'):
     evaluate.dataset_stats(config, 'unused')
 
@@ -166,7 +154,7 @@ def test_eval_writes_reports_samples_and_features(reference, files):
 
 
 def test_changed_settings_are_refused(reference, files):
-  config = parse(files['flags'] + ['--config.sampling.snr=0.2'])
+  config = parse_flags(files['flags'] + ['--config.sampling.snr=0.2'])
   before = sorted(os.listdir(reference['workdir'] / 'eval' / 'ckpt_5'))
   with pytest.raises(ValueError, match=r"sampling.snr: 0.16 there, 0.2 now.*--eval_folder"):
     evaluate.evaluate(config, str(reference['workdir']))
@@ -188,7 +176,8 @@ def test_eval_with_a_fast_sampler(reference, files):
                              '--config.eval.enable_bpd=False', '--config.eval.enable_loss=False']
   before = sorted(os.listdir(reference['workdir'] / 'eval' / 'ckpt_5'))
   with mock_data():
-    report = evaluate.evaluate(parse(flags_), str(reference['workdir']), eval_folder='eval_dpm')
+    report = evaluate.evaluate(parse_flags(flags_), str(reference['workdir']),
+                               eval_folder='eval_dpm')
   row = report['checkpoints'][0]
   assert row['nfe'] == 3 and row['num_samples'] == NUM_SAMPLES and np.isfinite(row['fid'])
   assert report['sampler'] == 'dpm_solver++ (nfe 3, order 2, schedule logsnr)'
@@ -196,7 +185,7 @@ def test_eval_with_a_fast_sampler(reference, files):
   assert samples.shape == (8, 16, 16, 3) and samples.std() > 0
   assert sorted(os.listdir(reference['workdir'] / 'eval' / 'ckpt_5')) == before
   with pytest.raises(ValueError, match=r'sampling.nfe: 3 there, 4 now'):
-    evaluate.evaluate(parse(flags_ + ['--config.sampling.nfe=4']), str(reference['workdir']),
+    evaluate.evaluate(parse_flags(flags_ + ['--config.sampling.nfe=4']), str(reference['workdir']),
                       eval_folder='eval_dpm')
 
 
@@ -300,7 +289,7 @@ def test_waits_for_a_checkpoint_that_arrives(tmp_path, monkeypatch):
 
 
 def test_bpd_repeats_follow_the_original(files):
-  config = parse(files['flags'])
+  config = parse_flags(files['flags'])
   config.eval.bpd_num_repeats = None
   assert evaluate.EvalSettings.from_config(config).bpd_repeats == 5
   config.eval.bpd_dataset = 'train'
@@ -311,11 +300,11 @@ def test_bpd_repeats_follow_the_original(files):
 
 
 def test_missing_weights_and_statistics_are_clear_errors(tmp_path, files):
-  config = parse(files['flags'])
+  config = parse_flags(files['flags'])
   config.eval.inception_weights = None
   with pytest.raises(FileNotFoundError, match='pt_inception-2015-12-05'):
     evaluate.evaluate(config, str(tmp_path))
-  config = parse(files['flags'])
+  config = parse_flags(files['flags'])
   config.eval.stats_path = None
   with pytest.raises(FileNotFoundError, match='sde-jax fid-stats.*cifar10_stats.npz'):
     evaluate.evaluate(config, str(tmp_path))

@@ -307,15 +307,9 @@ def torch_key(path: tuple[str, ...]) -> str:
 
 def to_torch_layout(value: np.ndarray) -> np.ndarray:
   """A Flax parameter in the layout of its state-dict tensor: convolution kernels HWIO -> OIHW,
-  the dense kernel (in, out) -> (out, in); :func:`from_torch_layout` is the inverse."""
+  the dense kernel (in, out) -> (out, in); ``checkpoints.to_flax_array`` is the inverse."""
   if value.ndim == 4:
     return np.transpose(value, (3, 2, 0, 1))
-  return value.T if value.ndim == 2 else value
-
-
-def from_torch_layout(value: np.ndarray) -> np.ndarray:
-  if value.ndim == 4:
-    return np.transpose(value, (2, 3, 1, 0))
   return value.T if value.ndim == 2 else value
 
 
@@ -410,7 +404,7 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], model: InceptionV3 |
           f'{source}: tensor {key} has shape {value.shape}, parameter {"/".join(path)} needs '
           f'{expected} (Flax layout {tuple(shapes[path].shape)}); check the width / num_classes '
           f'of the network.')
-    flat[path] = from_torch_layout(value.astype(np.float32))
+    flat[path] = checkpoints.to_flax_array(path, value.astype(np.float32))
   return traverse_util.unflatten_dict(flat)
 
 

@@ -84,12 +84,17 @@ def config_fields(config, sde: SDE) -> dict:
   """
   cfg = config.sampling
   method = _lower(cfg.method)
-  fields = lookup(CONFIG_FIELDS, method, 'sampling.method')
   eps = cfg.get('eps')
-  values = {'method': method, 'eps': float((1e-5 if isinstance(sde, VESDE) else 1e-3)
-                                           if eps is None else eps),
-            'noise_removal': bool(cfg.noise_removal)}
-  for field, _, kind, default in fields:
+  return {'method': method, 'eps': float((1e-5 if isinstance(sde, VESDE) else 1e-3)
+                                         if eps is None else eps),
+          'noise_removal': bool(cfg.noise_removal), **_method_values(cfg, method)}
+
+
+def _method_values(cfg, method: str) -> dict:
+  """The fields of :data:`CONFIG_FIELDS` ``[method]`` in ``cfg`` (``config.sampling``), typed,
+  with the defaults where they are missing or None."""
+  values = {}
+  for field, _, kind, default in lookup(CONFIG_FIELDS, method, 'sampling.method'):
     value = cfg.get(field)
     if value is None:
       if default is REQUIRED:
@@ -131,10 +136,11 @@ def describe_from_config(config) -> str:
     if _lower(cfg.corrector) != 'none':
       detail += f', snr {cfg.snr}'
     return f'pc ({detail}{", probability flow" if cfg.probability_flow else ""})'
+  if method not in CONFIG_FIELDS:
+    return method
   shown = {'ode': ('rtol', 'atol'), 'dpm_solver++': ('nfe', 'order', 'schedule'),
-           'heun': ('nfe', 'churn'), 'adaptive_sde': ('reltol', 'abstol')}.get(method, ())
-  defaults = {field: default for field, _, _, default in CONFIG_FIELDS.get(method, ())}
-  values = {k: defaults[k] if cfg.get(k) is None else cfg[k] for k in shown}
+           'heun': ('nfe', 'churn'), 'adaptive_sde': ('reltol', 'abstol')}[method]
+  values = {k: v for k, v in _method_values(cfg, method).items() if k in shown}
   if not values.get('churn', 1):
     del values['churn']
   detail = ', '.join(f'{k} {v}' for k, v in values.items())

@@ -54,6 +54,32 @@ def prior_sample(sde: SDE, keys: Array, shape: tuple[int, ...]) -> Array:
   return jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(keys)
 
 
+def pc_steps(sde: SDE, shape: tuple[int, ...], predictor: str, corrector: str, snr: float,
+             n_steps: int, probability_flow: bool):
+  """The checked ``shape`` and the predictor and corrector of a PC sampler (this one and the
+  conditional ones of :mod:`sde_jax.controllable`); warns about the per-example Langevin rule on
+  low-dimensional data, at the sampler factory's caller.
+
+  Raises:
+    ValueError: for unknown names, a predictor undefined for ``sde``, no predictor and no
+      corrector, or a bad shape.
+  """
+  shape = check_shape(shape)
+  pred = lookup(PREDICTORS, predictor, 'predictor')(sde, probability_flow)
+  corr = lookup(CORRECTORS, corrector, 'corrector')(sde, snr, n_steps)
+  dim = int(np.prod(shape[1:]))
+  if corrector == 'langevin' and dim < MIN_LANGEVIN_DIM:
+    warnings.warn(
+        f"corrector='langevin' takes its step size from each example's own norms, which biases "
+        f'the samples by about 2/d = {2 / dim:.2g} in relative variance for d = {dim} dimensions '
+        f"(and far more for d <= 8); use corrector='langevin_batch' (the original's batch-"
+        f"averaged rule), 'ald' or 'none' for low-dimensional data.", stacklevel=3)
+  if pred.evals + corr.evals == 0:
+    raise ValueError("predictor='none' with corrector='none' never evaluates the score and "
+                     'returns the prior; choose at least one.')
+  return shape, pred, corr
+
+
 def get_pc_sampler(sde: SDE, shape: tuple[int, ...], predictor: str = 'reverse_diffusion',
                    corrector: str = 'langevin', snr: float = 0.16, n_steps: int = 1,
                    probability_flow: bool = False, denoise: bool = True, eps: float = 1e-3):
@@ -83,20 +109,8 @@ def get_pc_sampler(sde: SDE, shape: tuple[int, ...], predictor: str = 'reverse_d
     ValueError: for unknown names, a predictor undefined for ``sde``, no predictor and no
       corrector, or a bad shape.
   """
-  shape = check_shape(shape)
-  pred = lookup(PREDICTORS, predictor, 'predictor')(sde, probability_flow)
-  corr = lookup(CORRECTORS, corrector, 'corrector')(sde, snr, n_steps)
+  shape, pred, corr = pc_steps(sde, shape, predictor, corrector, snr, n_steps, probability_flow)
   nfe = sde.N * (pred.evals + corr.evals)
-  dim = int(np.prod(shape[1:]))
-  if corrector == 'langevin' and dim < MIN_LANGEVIN_DIM:
-    warnings.warn(
-        f"corrector='langevin' takes its step size from each example's own norms, which biases "
-        f'the samples by about 2/d = {2 / dim:.2g} in relative variance for d = {dim} dimensions '
-        f"(and far more for d <= 8); use corrector='langevin_batch' (the original's batch-"
-        f"averaged rule), 'ald' or 'none' for low-dimensional data.", stacklevel=2)
-  if nfe == 0:
-    raise ValueError("predictor='none' with corrector='none' never evaluates the score and "
-                     'returns the prior; choose at least one.')
 
   def sample(key, score_fn, params, first_index):
     score = functools.partial(score_fn, params)
