@@ -20,6 +20,8 @@ from absl import logging
 import numpy as np
 from flax import serialization, traverse_util
 
+from sde_jax import parallel
+
 Path = tuple[str, ...]
 Params = Any
 
@@ -488,3 +490,20 @@ def import_to_workdir(config, checkpoint: str, workdir: str) -> str:
   print(f'Imported {checkpoint} (step {state.step}, {count:,} parameters, EMA included) '
         f'into {path}')
   return path
+
+
+def restore_ema(workdir: str | os.PathLike, abstract: Any, mesh=None,
+                step: int | None = None) -> tuple[Any, int]:
+  """The EMA parameters of ``workdir``'s latest (or given) checkpoint, placed for use.
+
+  Args:
+    workdir: a directory with ``checkpoints/``.
+    abstract: the parameters' shapes and dtypes (``ScoreModel.abstract_params()``).
+    mesh: shard them as training does over this mesh; None: whole on the first local device.
+    step: the checkpoint; default the latest.
+
+  Returns:
+    ``(params, step)``.
+  """
+  target = parallel.with_shardings(abstract, parallel.sharded_like(abstract, mesh))
+  return restore_params(workdir, target, step=step)

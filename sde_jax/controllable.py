@@ -55,8 +55,6 @@ ParamScoreFn = pc.ParamScoreFn
 # logit_fn(classifier_params, x, t) -> logits (B, num_classes)
 LogitFn = Callable[[Any, Array, Array], Array]
 
-# Stage ids of the replacement draws, after pc.PRIOR, CORRECTOR, PREDICTOR (0, 1, 2).
-REPLACE_PRIOR, REPLACE_CORRECTOR, REPLACE_PREDICTOR = 3, 4, 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,7 +254,7 @@ def get_pc_linear_sampler(sde: SDE, shape: tuple[int, ...], basis: str = 'identi
       score = tweedie_guidance(sde, score, space, y, mask, solver_iters)
     keys = rng.per_example_keys(key, shape[0], first_index)
     streams = {stage: rng.fold_in_all(keys, stage) for stage in (
-        pc.CORRECTOR, pc.PREDICTOR, REPLACE_CORRECTOR, REPLACE_PREDICTOR)}
+        rng.CORRECTOR, rng.PREDICTOR, rng.REPLACE_CORRECTOR, rng.REPLACE_PREDICTOR)}
     times = jnp.linspace(sde.T, eps, sde.N)
     next_times = jnp.concatenate([times[1:], jnp.zeros((1,), times.dtype)])
 
@@ -267,16 +265,16 @@ def get_pc_linear_sampler(sde: SDE, shape: tuple[int, ...], basis: str = 'identi
     def step(carry, n):
       x, _ = carry
       t, t_next = jnp.full(shape[:1], times[n]), jnp.full(shape[:1], next_times[n])
-      x, _ = corr.update(score, rng.fold_in_all(streams[pc.CORRECTOR], n), x, t)
-      x = replace(x, REPLACE_CORRECTOR, n, t)
-      x, x_mean = pred.update(score, rng.fold_in_all(streams[pc.PREDICTOR], n), x, t)
-      x = replace(x, REPLACE_PREDICTOR, n, t_next)
+      x, _ = corr.update(score, rng.fold_in_all(streams[rng.CORRECTOR], n), x, t)
+      x = replace(x, rng.REPLACE_CORRECTOR, n, t)
+      x, x_mean = pred.update(score, rng.fold_in_all(streams[rng.PREDICTOR], n), x, t)
+      x = replace(x, rng.REPLACE_PREDICTOR, n, t_next)
       x_mean = _replace(space, x_mean, y, mask, _kernel(sde, t_next)[0], jnp.zeros_like(t),
                         jnp.zeros_like(x))
       return (x, x_mean), None
 
     x = pc.prior_sample(sde, keys, shape)
-    z = rng.normal(rng.fold_in_all(keys, REPLACE_PRIOR), shape, x.dtype)
+    z = rng.normal(rng.fold_in_all(keys, rng.REPLACE_PRIOR), shape, x.dtype)
     x = _replace(space, x, y, mask, *_kernel(sde, jnp.full(shape[:1], sde.T)), z)
     (x, x_mean), _ = jax.lax.scan(step, (x, x), jnp.arange(sde.N))
     return x_mean if denoise else x

@@ -42,7 +42,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from sde_jax import checkpoints, likelihood, odeint, parallel, sampling, train, viz
+from sde_jax import checkpoints, likelihood, odeint, parallel, rng, sampling, train, viz
 from sde_jax import data as data_lib
 from sde_jax import sde as sde_lib
 from sde_jax.metrics import fid, inception
@@ -52,7 +52,6 @@ WAIT_SECONDS = 60
 GRID_SIZE = 64  # samples in a checkpoint's grid.png
 # Streams of key(seed + 1) for the losses and bits/dim (the original's eval key is seed + 1).
 # Samples use key(seed) itself, as `sde-jax sample` does: eval's sample i is its sample i.
-LOSS_STREAM, BPD_STREAM = 0, 1
 # The original's passes over the bits/dim split when eval.bpd_num_repeats is None.
 BPD_REPEATS = {'test': 5, 'train': 1}
 
@@ -838,11 +837,11 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval',
       remove_temporary(ckpt.directory)
       row = {'ckpt': number, 'step': step, 'source': source}
       if settings.enable_loss:
-        row.update(eval_loss(ckpt, programs, config, jax.random.fold_in(eval_key, LOSS_STREAM))
+        row.update(eval_loss(ckpt, programs, config, jax.random.fold_in(eval_key, rng.EVAL_LOSS))
                    or {})
       if settings.enable_bpd:
         row.update(eval_bpd(ckpt, programs, config, settings,
-                            jax.random.fold_in(eval_key, BPD_STREAM)) or {})
+                            jax.random.fold_in(eval_key, rng.EVAL_BPD)) or {})
       if settings.enable_sampling:
         row.update(eval_samples(ckpt, programs, settings, net, data_pools, sample_key) or {})
       if jax.process_index() == 0:

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ('data', 'fsdp')
@@ -110,3 +111,45 @@ def host_local_to_global(batch: Any, mesh: Mesh) -> Any:
   sharding = batch_sharding(mesh)
   return jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def steps_sharding(mesh: Mesh) -> NamedSharding:
+  """Stacked batches of shape ``(n_steps, B, ...)``: the batch axis split over every device."""
+  return NamedSharding(mesh, P(None, BATCH_AXES))
+
+
+def with_shardings(abstract: Any, shardings: Any) -> Any:
+  """``abstract`` (``ShapeDtypeStruct`` leaves) with the given shardings attached: a restore
+  target or a compile-time argument."""
+  return jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def sharded_like(abstract: Any, mesh: Mesh | None) -> Any:
+  """``abstract`` parameters placed as training places them (:func:`param_shardings` over
+  ``mesh``), or whole on the first local device when ``mesh`` is None."""
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(lambda _: device, abstract)
+  return param_shardings(mesh, abstract)
+
+
+def gather(x: Any) -> np.ndarray:
+  """A global array as one numpy array on every process."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def gather_mask(mask: np.ndarray) -> np.ndarray:
+  """A host-local ``'mask'`` of a batch over all processes, in the order of the global batch."""
+  if jax.process_count() == 1:
+    return np.asarray(mask, bool)
+  return np.asarray(multihost_utils.process_allgather(np.asarray(mask)), bool).reshape(-1)
+
+
+def process_zero_view(flags: list[bool]) -> np.ndarray:
+  """Process 0's value of ``flags`` on every process: hosts need not share a file system, and
+  all must take the same decisions (which rounds to run, for instance)."""
+  flags = np.asarray(flags, bool)
+  if jax.process_count() == 1 or flags.size == 0:
+    return flags
+  return np.asarray(multihost_utils.broadcast_one_to_all(flags))

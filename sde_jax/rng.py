@@ -12,6 +12,17 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+# Stream ids: a key is folded with one of these before use, so that two uses of one key never
+# share draws. Their values are part of the results (a changed value changes every sample), so
+# they live here, once.
+# Per-example sampler streams: fold_in(k_i, id), k_i = fold_in(key, first_index + i).
+PRIOR, CORRECTOR, PREDICTOR = 0, 1, 2  # the prior draw, corrector noise, predictor noise
+REPLACE_PRIOR, REPLACE_CORRECTOR, REPLACE_PREDICTOR = 3, 4, 5  # controllable: noised data
+# Job streams.
+TRAIN_EVAL = 1  # trainers: the eval loss / accuracy, fold_in(fold_in(key, step), TRAIN_EVAL)
+EVAL_LOSS, EVAL_BPD = 0, 1  # sde-jax eval: the eval loss and the bits/dim draws
+DATA_TRAIN, DATA_EVAL = 0, 1  # input pipelines: tags hashed into the shuffle / augment seeds
+
 
 def per_example_keys(key: Array, batch_size: int, first_index: int | Array = 0) -> Array:
   """Keys ``fold_in(key, first_index + i)`` for ``i < batch_size``, shape (batch_size,).

@@ -107,7 +107,7 @@ def evaluate_accuracy(config, accuracy, params, per_process: int, mesh,
   """Accuracy of ``params`` on the whole eval split at each time of :data:`EVAL_TIMES`, with
   ``accuracy`` from :func:`make_accuracy_fn`."""
   correct = count = 0
-  key = jax.random.fold_in(jax.random.key(seed), train.EVAL_STREAM)
+  key = jax.random.fold_in(jax.random.key(seed), rng.TRAIN_EVAL)
   for i, batch in enumerate(data_lib.get_dataset(config, 'eval', batch_size=per_process,
                                                  seed=config.seed)):
     batch = parallel.host_local_to_global(

@@ -277,7 +277,7 @@ def test_returned_mean_is_denoised_on_unknown_pixels():
   score = gaussian_score('vpsde', MU4, COV4)
   x_mean, _ = make(denoise=True)(key, score, None, data, jnp.asarray(MASK4))
   x, _ = make(denoise=False)(key, score, None, data, jnp.asarray(MASK4))
-  keys = rng.fold_in_all(rng.fold_in_all(rng.per_example_keys(key, 3), pc.PREDICTOR), 19)
+  keys = rng.fold_in_all(rng.fold_in_all(rng.per_example_keys(key, 3), rng.PREDICTOR), 19)
   z = rng.normal(keys, (3, 4))
   beta0 = sde.discrete_betas[0]
   free = jnp.asarray(1 - MASK4)[None]

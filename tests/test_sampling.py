@@ -180,7 +180,7 @@ def test_pc_denoise_drops_last_noise():
   make = functools.partial(sampling.get_pc_sampler, sde, shape, 'ancestral_sampling', 'none')
   x_mean, _ = make(denoise=True)(key, score, None)
   x, _ = make(denoise=False)(key, score, None)
-  keys = rng.fold_in_all(rng.fold_in_all(rng.per_example_keys(key, 3), pc.PREDICTOR), 49)
+  keys = rng.fold_in_all(rng.fold_in_all(rng.per_example_keys(key, 3), rng.PREDICTOR), 49)
   z = rng.normal(keys, shape)
   chex.assert_trees_all_close(x - x_mean, np.sqrt(gaussian.BETA_MIN / 50) * z, atol=1e-6)
 

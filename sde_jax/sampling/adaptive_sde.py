@@ -36,7 +36,7 @@ import numpy as np
 from sde_jax import rng
 from sde_jax.sampling import schedules
 from sde_jax.sampling.compile import compile_sampler
-from sde_jax.sampling.pc import PREDICTOR, check_shape, prior_sample
+from sde_jax.sampling.pc import check_shape, prior_sample
 from sde_jax.sde import SDE, batch_mul
 
 Array = jax.Array
@@ -125,7 +125,7 @@ def get_adaptive_sde_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 0.0
     score = functools.partial(score_fn, params)
     rsde = sde.reverse(score)
     keys = rng.per_example_keys(key, shape[0], first_index)
-    noise_keys = rng.fold_in_all(keys, PREDICTOR)
+    noise_keys = rng.fold_in_all(keys, rng.PREDICTOR)
     x = prior_sample(sde, keys, shape) if z is None else z
 
     def body(state):

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from sde_jax import rng
 from sde_jax.sampling import schedules
 from sde_jax.sampling.compile import compile_sampler
-from sde_jax.sampling.pc import PREDICTOR, check_shape, prior_sample
+from sde_jax.sampling.pc import check_shape, prior_sample
 from sde_jax.sde import SDE, batch_mul
 
 Array = jax.Array
@@ -98,7 +98,7 @@ def get_heun_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 35, rho: float
     sigma_max, sigma_min = jnp.exp(-bounds[0]), jnp.exp(-bounds[1])
     sigmas = schedules.karras_sigmas(sigma_max, sigma_min, n, rho)
     ts = schedules.time_at_log_snr(sde, -jnp.log(sigmas), eps).at[0].set(sde.T).at[-1].set(eps)
-    noise_keys = rng.fold_in_all(keys, PREDICTOR)
+    noise_keys = rng.fold_in_all(keys, rng.PREDICTOR)
 
     def churned(y, i):
       """``(y, sigma_hat, t_hat)``: step i's start after the churn noise."""

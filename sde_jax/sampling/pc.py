@@ -27,7 +27,6 @@ Array = jax.Array
 ParamScoreFn = Callable[[Any, Array, Array], Array]
 
 # Stage ids folded into the per-example keys, so that no two stages share a random stream.
-PRIOR, CORRECTOR, PREDICTOR = 0, 1, 2
 # Below this many dimensions per example the per-example Langevin rule's bias (2/d) exceeds 2%.
 MIN_LANGEVIN_DIM = 100
 
@@ -50,7 +49,7 @@ def lookup(table: Mapping[str, Callable], name: str, what: str) -> Callable:
 
 def prior_sample(sde: SDE, keys: Array, shape: tuple[int, ...]) -> Array:
   """Draws ``x_T ~ p_T`` of ``shape``, example i from ``fold_in(keys[i], PRIOR)``."""
-  keys = rng.fold_in_all(keys, PRIOR)
+  keys = rng.fold_in_all(keys, rng.PRIOR)
   return jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(keys)
 
 
@@ -115,8 +114,8 @@ def get_pc_sampler(sde: SDE, shape: tuple[int, ...], predictor: str = 'reverse_d
   def sample(key, score_fn, params, first_index):
     score = functools.partial(score_fn, params)
     keys = rng.per_example_keys(key, shape[0], first_index)
-    corr_keys = rng.fold_in_all(keys, CORRECTOR)
-    pred_keys = rng.fold_in_all(keys, PREDICTOR)
+    corr_keys = rng.fold_in_all(keys, rng.CORRECTOR)
+    pred_keys = rng.fold_in_all(keys, rng.PREDICTOR)
     times = jnp.linspace(sde.T, eps, sde.N)
 
     def step(carry, n):

@@ -1,0 +1,78 @@
+"""Pixels: images in [0, 1] to and from uint8, gray and masked views, and image folders.
+
+Two conversions to uint8 on purpose: samples are truncated as the original code does
+(``clip(x * 255).astype(uint8)``, which FID figures depend on), while data images, which are
+exact multiples of 1/255 up to float error, are rounded so that pixel ``k`` comes back as ``k``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import logging
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
+
+
+def to_uint8(images) -> np.ndarray:
+  """Samples in [0, 1] -> uint8, truncating as the original does (``clip(x * 255).astype``).
+
+  Non-finite values (a diverged sampler) become 0, with a warning that counts them.
+  """
+  images = np.asarray(images)
+  bad = ~np.isfinite(images)
+  if bad.any():
+    logging.warning('%d of %d sample values are not finite (the sampler diverged); they are '
+                    'written as 0.', int(bad.sum()), bad.size)
+    images = np.where(bad, 0.0, images)
+  return np.clip(images * 255.0, 0, 255).astype(np.uint8)
+
+
+def data_to_uint8(images01: np.ndarray) -> np.ndarray:
+  """Data images in [0, 1] (as the pipelines give them) -> uint8, rounded: an 8-bit pixel ``k``
+  read as ``k / 255`` in float32 may come back as ``k - 1`` if truncated."""
+  return np.clip(np.round(np.asarray(images01) * 255.0), 0, 255).astype(np.uint8)
+
+
+def gray_images(images: np.ndarray) -> np.ndarray:
+  """The gray version ``(R + G + B) / 3`` of uint8 RGB images, in 3 equal channels (uint8)."""
+  gray = np.round(np.asarray(images, np.float64).mean(-1, keepdims=True))
+  return np.repeat(gray.astype(np.uint8), 3, axis=-1)
+
+
+def masked_view(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """uint8 images with their unknown pixels (mask 0) shown in mid-gray."""
+  return np.where(np.broadcast_to(mask, images.shape) > 0, images, 128).astype(np.uint8)
+
+
+def read_folder(folder: str, num_images: int, size: int, channels: int) -> np.ndarray:
+  """The first ``num_images`` images of ``folder`` (PNG / JPEG / BMP files in name order),
+  centre-cropped to a square and resized to ``size`` with Lanczos filtering.
+
+  Args:
+    folder: a directory of image files.
+    num_images: how many to read at most.
+    size: the side of the square output images.
+    channels: 1 (gray) or 3 (RGB).
+
+  Returns:
+    uint8 images (N, size, size, channels), N <= num_images.
+
+  Raises:
+    FileNotFoundError: if ``folder`` holds no image file.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+  if not files:
+    raise FileNotFoundError(f'no PNG, JPEG or BMP images in {folder}.')
+  out = []
+  for name in files[:num_images]:
+    with Image.open(os.path.join(folder, name)) as image:
+      image = image.convert('L' if channels == 1 else 'RGB')
+      side = min(image.size)
+      left, top = (image.width - side) // 2, (image.height - side) // 2
+      image = image.crop((left, top, left + side, top + side)).resize(
+          (size, size), Image.Resampling.LANCZOS)
+      out.append(np.asarray(image, np.uint8).reshape(size, size, channels))
+  return np.stack(out)
