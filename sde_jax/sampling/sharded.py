@@ -1,0 +1,40 @@
+"""A config's sampler compiled over a device mesh: what the sampling, training-snapshot and
+evaluation jobs draw images with."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sde_jax import parallel
+from sde_jax.sampling import get_sampler_from_config
+
+
+def sharded_sampler(config, score_model, batch: int, mesh):
+  """The sampler the config names, jitted for a global batch split over ``mesh``.
+
+  Args:
+    config: a config with ``sampling`` (and the SDE's fields).
+    score_model: a :class:`sde_jax.score_model.ScoreModel`.
+    batch: the global batch size (a multiple of ``mesh.size``).
+    mesh: the device mesh.
+
+  Returns:
+    ``draw(key, params, first_index) -> (images in [0, 1], nfe)``: example i uses
+    ``fold_in(key, first_index + i)``; ``nfe`` (replicated) is the sampler's score evaluations
+    (keeping it keeps the adaptive solver's did-not-finish check, which rides on it, in the
+    program).
+  """
+  sampler = get_sampler_from_config(config, score_model.sde, (batch, *score_model.image_shape))
+
+  def draw(key, params, first_index):
+    x, nfe = sampler(key, score_model.score_fn, params, first_index=first_index)
+    return score_model.inverse_scaler(x), jnp.asarray(nfe)
+
+  return jax.jit(draw, out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
+
+
+def sample_batch_size(config, num_samples: int, mesh) -> int:
+  """``eval.batch_size`` (at most ``num_samples``) rounded up to a multiple of the devices."""
+  batch = min(int(config.eval.batch_size), num_samples)
+  return -(-batch // mesh.size) * mesh.size
