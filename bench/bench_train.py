@@ -27,6 +27,7 @@ import numpy as np
 
 from bench_models import load_config  # this folder is on sys.path when run as a script
 from sde_jax import checkpoints, parallel, train
+from sde_jax.score_model import ScoreModel
 
 CONFIGS = ('ve/cifar10_ncsnpp_continuous.py', 'vp/cifar10_ddpmpp_continuous.py',
            'subvp/cifar10_ddpmpp_continuous.py', 've/cifar10_ncsnpp_deep_continuous.py',
@@ -43,19 +44,20 @@ def bench_config(relative: str, batch: int, n_jitted_steps: int, calls: int) -> 
   config.training.n_jitted_steps = n_jitted_steps
   mesh = parallel.make_mesh(config.parallel.fsdp)
   parallel.check_batch_size(batch, mesh)
-  job = train.Job.from_config(config)
-  optimizer = train.make_optimizer(config)
-  abstract = job.abstract_state(optimizer, config.seed)
+  job = ScoreModel.from_config(config)
+  optimizer = train.make_optimizer(config.optim)
+  init = train.state_initializer(job.model, optimizer, job.image_shape)
+  abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = parallel.param_shardings(mesh, abstract)
-  state = jax.jit(job.init_fn(optimizer), out_shardings=shardings)(jax.random.key(config.seed))
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
   cpu = mesh.devices.flat[0].platform == 'cpu'
   step = train.compile_train_step(
       train.make_train_step(job.loss_fn(config, train=True), optimizer,
-                            float(config.model.ema_rate), train.learning_rate_schedule(config),
+                            float(config.model.ema_rate), train.learning_rate_schedule(config.optim),
                             unroll=cpu), shardings, mesh)
   images = np.random.default_rng(0).uniform(
       size=(n_jitted_steps, batch, *job.image_shape)).astype(np.float32)
-  batches = jax.device_put(images, train.steps_sharding(mesh))
+  batches = jax.device_put(images, parallel.steps_sharding(mesh))
 
   start = time.perf_counter()
   compiled = step.lower(state, batches).compile()

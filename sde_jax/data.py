@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_jax import rng
+from sde_jax.rng import DATA_EVAL, DATA_TRAIN
 
 Array = jax.Array
 
@@ -286,7 +286,7 @@ def _augment(images: np.ndarray, rng: np.random.Generator, spec: _Spec, train: b
 
 def _array_epoch(x, y, spec: _Spec, epoch: int, offset: int) -> Iterator[Batch]:
   """One shuffled epoch of (x, y) from example ``offset`` on."""
-  order_seed, augment_seed = _seeds(rng.DATA_TRAIN, spec.seed, spec.process_index, epoch, n=2)
+  order_seed, augment_seed = _seeds(DATA_TRAIN, spec.seed, spec.process_index, epoch, n=2)
   order = np.random.default_rng(order_seed).permutation(len(x))
   for start in range(offset, len(x) - spec.batch_size + 1, spec.batch_size):
     rows = order[start:start + spec.batch_size]
@@ -305,7 +305,7 @@ def _array_eval(x, y, spec: _Spec) -> Iterator[Batch]:
   """Eval batches of in-memory arrays; process p owns rows p, p + P, p + 2P, ..."""
   largest_shard = math.ceil(len(x) / spec.process_count)
   x, y = x[spec.process_index::spec.process_count], y[spec.process_index::spec.process_count]
-  (augment_seed,) = _seeds(rng.DATA_EVAL, spec.seed, spec.process_index, n=1)
+  (augment_seed,) = _seeds(DATA_EVAL, spec.seed, spec.process_index, n=1)
 
   def batches():
     for start in range(0, len(x), spec.batch_size):
@@ -378,7 +378,7 @@ _sample_toy_jit = jax.jit(sample_toy, static_argnums=(0, 2))
 
 def _toy_train(spec: _Spec, start_step: int) -> Iterator[Batch]:
   """Fresh points each step: batch k of process p is drawn with key (seed, train, p, k)."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(spec.seed), rng.DATA_TRAIN),
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(spec.seed), DATA_TRAIN),
                            spec.process_index)
   labels = np.zeros(spec.batch_size, np.int32)
   for step in itertools.count(start_step):
@@ -388,7 +388,7 @@ def _toy_train(spec: _Spec, start_step: int) -> Iterator[Batch]:
 
 def _toy_eval(spec: _Spec) -> Iterator[Batch]:
   """A fixed set of ``TOY_EVAL_SIZE`` points drawn with key (seed, eval), sharded by row."""
-  key = jax.random.fold_in(jax.random.key(spec.seed), rng.DATA_EVAL)
+  key = jax.random.fold_in(jax.random.key(spec.seed), DATA_EVAL)
   points = np.asarray(_sample_toy_jit(spec.dataset, key, TOY_EVAL_SIZE), np.float32)
   return _array_eval(points, np.zeros(TOY_EVAL_SIZE, np.int32), spec)
 
@@ -619,7 +619,7 @@ def _tf_epoch(source: _Source, spec: _Spec, epoch: int, offset: int) -> Iterator
   """One shuffled epoch of this process's shard from example ``offset`` on, as NumPy batches."""
   tf = _tf()
   file_seed, shuffle_seed, flip_seed, noise_seed = _seeds(
-      rng.DATA_TRAIN, spec.seed, spec.process_index, epoch, n=4)
+      DATA_TRAIN, spec.seed, spec.process_index, epoch, n=4)
   ds = source.read(source.train_split, file_seed)
   ds = ds.shuffle(spec.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
   ds = ds.skip(offset).enumerate(start=offset)  # skipped records are never decoded
@@ -639,7 +639,7 @@ def _tf_eval(source: _Source, spec: _Spec) -> Iterator[Batch]:
   """The eval split in order, once, padded to the batch count of the largest shard."""
   tf = _tf()
   _, largest_shard = source.sizes(source.eval_split)
-  (noise_seed,) = _seeds(rng.DATA_EVAL, spec.seed, spec.process_index, n=1)
+  (noise_seed,) = _seeds(DATA_EVAL, spec.seed, spec.process_index, n=1)
   ds = source.read(source.eval_split, None).enumerate()
   ds = ds.map(_example_fn(source, spec, False, 0, noise_seed), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(spec.batch_size).prefetch(tf.data.AUTOTUNE).with_options(_tf_options())

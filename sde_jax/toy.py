@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from sde_jax import data as data_lib
 from sde_jax import likelihood, losses, metrics, models, sampling, train, viz
+from sde_jax import workdir as workdir_lib
 from sde_jax import sde as sde_lib
 
 OUTPUTS = ('samples.png', 'report.md', 'report.json')
@@ -34,11 +35,11 @@ def train_toy(config, key, progress: bool = True) -> tuple[train.TrainState, lis
   sde = sde_lib.from_config(config)
   model = models.get_model(config)
   loss_fn = losses.get_loss_fn(config, sde, model, train=True)
-  optimizer = train.make_optimizer(config)
+  optimizer = train.make_optimizer(config.optim)
   k_init, k_data = jax.random.split(key)
   state = train.init_train_state(model, optimizer, (1, config.data.dim), k_init)
   train_step = jax.jit(train.make_train_step(loss_fn, optimizer, config.model.ema_rate,
-                                             train.learning_rate_schedule(config), unroll=True),
+                                             train.learning_rate_schedule(config.optim), unroll=True),
                        donate_argnums=0)
   n_iters, batch_size = config.training.n_iters, config.training.batch_size
   history = []
@@ -134,18 +135,12 @@ def _report_markdown(config, history, results) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _keep_previous_outputs(workdir: str) -> None:
-  """Moves outputs of an earlier run into ``workdir/previous-<time>/`` so none is lost."""
-  train.keep_previous_outputs(workdir, OUTPUTS)
-
-
 def run_toy(config, workdir: str, progress: bool = True) -> dict[str, Any]:
   """Trains, samples and evaluates the toy model; writes the PNG and the reports."""
   if config.data.dataset not in data_lib.TOY_DATASETS:
     raise ValueError(f'config.data.dataset={config.data.dataset!r} is not a toy data set; '
                      f'expected one of {sorted(data_lib.TOY_DATASETS)}.')
-  os.makedirs(workdir, exist_ok=True)
-  _keep_previous_outputs(workdir)
+  workdir_lib.output_folder(workdir, '', OUTPUTS)
   key = jax.random.key(config.seed)
   k_train, k_eval = jax.random.split(key)
   state, history = train_toy(config, k_train, progress)

@@ -21,7 +21,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -29,6 +28,7 @@ from sde_jax import checkpoints, controllable, parallel, rng, train
 from sde_jax import data as data_lib
 from sde_jax import sde as sde_lib
 from sde_jax.models import classifier as classifier_lib
+from sde_jax.score_model import ScoreModel
 from sde_jax.sde import batch_mul
 
 Array = jax.Array
@@ -87,19 +87,9 @@ def make_accuracy_fn(sde: sde_lib.SDE, classifier, scaler, t_min: float):
   return jax.jit(accuracy)
 
 
-def _view(config) -> ml_collections.ConfigDict:
-  """``config.classifier``'s training and optim sections where the trainer's helpers read
-  ``config.training`` and ``config.optim``."""
-  c = config.classifier
-  return ml_collections.ConfigDict({'training': c.training.to_dict(), 'optim': c.optim.to_dict()})
-
-
-def _job(config) -> train.Job:
-  """The trainer's Job with the classifier in place of the score model (no score function)."""
-  d = config.data
-  return train.Job(classifier_lib.get_classifier(config), sde_lib.from_config(config), None,
-                   (d.image_size, d.image_size, d.num_channels),
-                   data_lib.get_data_scaler(config), data_lib.get_data_inverse_scaler(config))
+def _job(config) -> ScoreModel:
+  """The config's SDE, scalers and image shape with the classifier as the network."""
+  return ScoreModel.from_config(config, model=classifier_lib.get_classifier(config))
 
 
 def evaluate_accuracy(config, accuracy, params, per_process: int, mesh,
@@ -123,52 +113,37 @@ def train_classifier(config, workdir: str) -> train.TrainState:
   Reads ``config.classifier`` (the network, ``ema_rate``, ``training``: batch_size, n_iters,
   n_jitted_steps, log_freq, eval_freq, snapshot_freq, snapshot_freq_for_preemption, keep_last,
   eps; ``optim``: as ``config.optim``), ``config.data``, ``config.training.sde`` and the SDE's
-  noise fields of ``config.model``.
+  noise fields of ``config.model``. Writes ``workdir/classifier/accuracy.json`` at the last step.
 
   Returns:
     The state at the last step trained (after a preemption: the step saved).
   """
-  view = _view(config)
-  tc = view.training
+  c = config.classifier
   parallel.initialize()
   mesh = parallel.make_mesh(config.parallel.fsdp)
-  per_process = parallel.check_batch_size(tc.batch_size, mesh)
-  last = train.final_step(view)
+  per_process = parallel.check_batch_size(c.training.batch_size, mesh)
+  last = train.final_step(c.training)
   job = _job(config)
-  optimizer = train.make_optimizer(view)
   directory = os.path.join(workdir, SUBDIR)
-  manager = checkpoints.checkpoint_manager(directory, keep_last=tc.keep_last,
-                                           keep_every=tc.snapshot_freq,
-                                           item_names=checkpoints.TRAIN_ITEMS, writer=True)
-  state, shardings, step = train.restore_or_init(manager, job, optimizer, mesh, config.seed)
-  loss_fn = classifier_loss_fn(job.sde, job.model, job.scaler, float(tc.eps))
-  cpu = mesh.devices.flat[0].platform == 'cpu'
-  train_step = train.compile_train_step(
-      train.make_train_step(loss_fn, optimizer, float(config.classifier.ema_rate),
-                            train.learning_rate_schedule(view), unroll=cpu), shardings, mesh)
-  accuracy = make_accuracy_fn(job.sde, job.model, job.scaler, float(tc.eps))
-  batches = train.stacked_batches(config, per_process, tc.n_jitted_steps, step, mesh,
-                                  keys=('image', 'label'))
-  log = train.MetricLog(directory, tc.batch_size, last)
-  count = checkpoints.num_params(state.params)
-  meta = {'source': 'sde-jax train-classifier', 'model': config.classifier.name,
-          'num_params': count, 'sde': config.training.sde,
-          'config': json.loads(config.to_json_best_effort())}
-  logging.info('Training the classifier %s (%d parameters) on noisy %s from step %d to %d.',
-               config.classifier.name, count, config.training.sde, step, last)
-  def evaluate(state, step):
-    if step % tc.eval_freq == 0 or step == last:
-      acc = evaluate_accuracy(config, accuracy, state.params_ema, per_process, mesh, config.seed)
-      logging.info('step %d: eval accuracy (EMA) %s', step,
-                   ', '.join(f'{k} {v:.3f}' for k, v in acc.items()))
-      for k, v in acc.items():
-        log.scalar(f'eval/accuracy_{k.replace("=", "")}', v, step)  # t0.25: a legal name
-      if step == last and jax.process_index() == 0:
-        with open(os.path.join(directory, 'accuracy.json'), 'w') as f:
-          json.dump({'step': step, 'accuracy': acc}, f, indent=1)
+  accuracy = make_accuracy_fn(job.sde, job.model, job.scaler, float(c.training.eps))
 
-  return train.run_steps(state, step, last, tc, train_step, batches, manager, log, meta,
-                         after_step=evaluate)
+  def evaluate(state, step):
+    acc = evaluate_accuracy(config, accuracy, state.params_ema, per_process, mesh, config.seed)
+    if step == last and jax.process_index() == 0:
+      with open(os.path.join(directory, 'accuracy.json'), 'w') as f:
+        json.dump({'step': step, 'accuracy': acc}, f, indent=1)
+    # TensorBoard names: 'accuracy_t0.25' (no '=').
+    return {f'accuracy_{k.replace("=", "")}': v for k, v in acc.items()}
+
+  trainer = train.Trainer(
+      name=c.name, source='sde-jax train-classifier', model=job.model,
+      example_shape=job.image_shape,
+      loss_fn=classifier_loss_fn(job.sde, job.model, job.scaler, float(c.training.eps)),
+      training=c.training, optim=c.optim, ema_rate=c.ema_rate, batch_keys=('image', 'label'),
+      evaluate=evaluate,
+      meta={'sde': config.training.sde, 'config': json.loads(config.to_json_best_effort())})
+  logging.info('Training the classifier on noisy data of the %s.', config.training.sde)
+  return train.fit(config, trainer, directory, mesh)
 
 
 def restore_classifier(config, workdir: str, step: int | None = None) -> tuple[Any, Any, int]:
@@ -178,9 +153,9 @@ def restore_classifier(config, workdir: str, step: int | None = None) -> tuple[A
     FileNotFoundError: if ``workdir`` holds no classifier checkpoint (train one first).
   """
   job = _job(config)
-  target = checkpoints.on_one_device(job.abstract_params())
   try:
-    params, step = checkpoints.restore_params(os.path.join(workdir, SUBDIR), target, step=step)
+    params, step = checkpoints.restore_ema(os.path.join(workdir, SUBDIR), job.abstract_params(),
+                                           step=step)
   except FileNotFoundError as e:
     raise FileNotFoundError(f'{e} Train a classifier first: sde-jax train-classifier --config '
                             f'... --workdir {workdir}') from e

@@ -24,6 +24,8 @@ import pytest
 
 from sde_jax import checkpoints, parallel, train
 from sde_jax import data as data_lib
+from sde_jax.score_model import ScoreModel
+from sde_jax.train import state as train_state
 from tests.helpers import load_config, subprocess_env
 
 ROOT = pathlib.Path(__file__).parent.parent
@@ -90,7 +92,7 @@ def reference(tmp_path_factory):
   """An uninterrupted 12-step run with snapshot samples; counts the train step's traces."""
   workdir = tmp_path_factory.mktemp('reference')
   traces = []
-  make_train_step = train.make_train_step
+  make_train_step = train_state.make_train_step
 
   def counted(*args, **kwargs):
     train_steps = make_train_step(*args, **kwargs)
@@ -102,7 +104,7 @@ def reference(tmp_path_factory):
     return traced
 
   with pytest.MonkeyPatch.context() as monkeypatch:
-    monkeypatch.setattr(train, 'make_train_step', counted)
+    monkeypatch.setattr(train_state, 'make_train_step', counted)
     state = train.train_and_evaluate(tiny_config(snapshot_sampling=True), str(workdir))
   return {'workdir': workdir, 'state': state, 'traces': len(traces)}
 
@@ -136,9 +138,10 @@ def test_params_moved_and_ema_lags(reference, tmp_path):
   state = jax.device_get(reference['state'])
   config = tiny_config()
   manager = checkpoints.checkpoint_manager(tmp_path, item_names=checkpoints.TRAIN_ITEMS)
-  start, _, step = train.restore_or_init(manager, train.Job.from_config(config),
-                                         train.make_optimizer(config), parallel.make_mesh(),
-                                         config.seed)
+  model = ScoreModel.from_config(config)
+  init = train.state_initializer(model.model, train.make_optimizer(config.optim),
+                                 model.image_shape)
+  start, _, step = train.restore_or_init(manager, init, parallel.make_mesh(), config.seed)
   manager.close()
   assert step == 0
 
@@ -278,11 +281,11 @@ def test_imported_checkpoint_cannot_be_resumed(tmp_path):
 def test_optimizer_warmup_clipping_and_decay():
   config = tiny_config()
   config.optim.update(lr=0.1, warmup=4, grad_clip=1.0, weight_decay=0.5)
-  schedule = train.learning_rate_schedule(config)
+  schedule = train.learning_rate_schedule(config.optim)
   np.testing.assert_allclose([schedule(s) for s in (0, 2, 4, 9)], [0, 0.05, 0.1, 0.1], rtol=1e-6)
   config.optim.warmup = 0
-  assert float(train.learning_rate_schedule(config)(0)) == pytest.approx(0.1)
-  optimizer = train.make_optimizer(config)
+  assert float(train.learning_rate_schedule(config.optim)(0)) == pytest.approx(0.1)
+  optimizer = train.make_optimizer(config.optim)
   params = {'w': np.float32([1.0, 3.0])}
   grads = {'w': np.float32([30.0, 40.0])}  # global norm 50
   updates, state = optimizer.update(grads, optimizer.init(params), params)
@@ -293,7 +296,7 @@ def test_optimizer_warmup_clipping_and_decay():
   np.testing.assert_allclose(optax.tree_utils.tree_get(state, 'mu')['w'], [0.06, 0.08],
                              rtol=1e-5)
   config.optim.grad_clip = -1.0  # negative: no clipping
-  unclipped = train.make_optimizer(config)
+  unclipped = train.make_optimizer(config.optim)
   _, state = unclipped.update(grads, unclipped.init(params), params)
   np.testing.assert_allclose(optax.tree_utils.tree_get(state, 'mu')['w'], [3.0, 4.0], rtol=1e-5)
 
@@ -384,12 +387,12 @@ def test_digits_snapshots_are_judged_and_other_data_sets_are_not(tmp_path):
   real = (np.repeat(np.repeat(real, 2, axis=1), 2, axis=2)[..., None] * 255).astype(np.uint8)
   noise = np.random.default_rng(0).integers(0, 256, real.shape).astype(np.uint8)
   config = tiny_config()
-  good = train.judge_snapshot(config, real, str(tmp_path), 100)
-  bad = train.judge_snapshot(config, noise, str(tmp_path), 200)
+  good = train.judge_samples(config, real, str(tmp_path), 100)
+  bad = train.judge_samples(config, noise, str(tmp_path), 200)
   table = (tmp_path / 'samples' / 'quality.md').read_text().splitlines()
   assert table[-2:] == [good, bad]
   confident = [float(row.split('|')[3].strip().rstrip('%')) for row in (good, bad)]
   assert confident[0] > 60 and confident[1] < 10
   assert good.split('|')[5].strip() == '10/10'
   config.data.dataset = 'CIFAR10'
-  assert train.judge_snapshot(config, real, str(tmp_path), 300) is None
+  assert train.judge_samples(config, real, str(tmp_path), 300) is None

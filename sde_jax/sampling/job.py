@@ -1,0 +1,56 @@
+"""``sde-jax sample``: draws images with the EMA weights of a workdir's latest checkpoint."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from sde_jax import checkpoints, images, parallel, sampling, viz, workdir as workdir_lib
+from sde_jax.sampling import sharded
+from sde_jax.score_model import ScoreModel
+
+OUTPUTS = ('samples.npz', 'grid.png')
+
+
+def sample(config, workdir: str, num_samples: int) -> str:
+  """Draws ``num_samples`` images with the EMA weights of ``workdir``'s latest checkpoint.
+
+  Sample i comes from ``fold_in(key(config.seed), i)`` whatever the batch size or device count.
+  Writes ``workdir/samples/samples.npz`` (``samples``: uint8, NHWC) and ``grid.png`` (the first
+  64); outputs of an earlier call move to ``samples/previous-<time>/``.
+
+  Args:
+    config: the model's config (``sampling`` picks the sampler).
+    workdir: a directory with ``checkpoints/``.
+    num_samples: how many images.
+
+  Returns:
+    The path of ``samples.npz``.
+  """
+  if num_samples < 1:
+    raise ValueError(f'num_samples={num_samples} must be positive.')
+  parallel.initialize()
+  mesh = parallel.make_mesh(config.parallel.fsdp)
+  score_model = ScoreModel.from_config(config)
+  params, step = checkpoints.restore_ema(workdir, score_model.abstract_params(), mesh)
+  batch = sharded.sample_batch_size(config, num_samples, mesh)
+  draw = sharded.sharded_sampler(config, score_model, batch, mesh)
+  logging.info('Sampling %d images from checkpoint %d in batches of %d with %s.', num_samples,
+               step, batch, sampling.describe_from_config(config))
+  key, parts = jax.random.key(config.seed), []
+  with tqdm(total=num_samples, unit='img', disable=jax.process_index() != 0) as bar:
+    for first in range(0, num_samples, batch):
+      parts.append(images.to_uint8(parallel.gather(draw(key, params, first)[0]))
+                   [:num_samples - first])
+      bar.update(len(parts[-1]))
+  samples = np.concatenate(parts)
+  out = os.path.join(workdir, 'samples')
+  if jax.process_index() == 0:
+    out = workdir_lib.output_folder(workdir, 'samples', OUTPUTS)
+    np.savez(os.path.join(out, 'samples.npz'), samples=samples)
+    viz.image_grid_png(os.path.join(out, 'grid.png'), samples[:64])
+  return os.path.join(out, 'samples.npz')

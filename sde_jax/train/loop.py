@@ -1,0 +1,164 @@
+"""The training loop every trainer here runs: flat, read top to bottom.
+
+A :class:`Trainer` says what is trained (network, loss, config sections, what to evaluate);
+:func:`fit` runs it: set-up and checks, restore-or-init, the compiled step, then per compiled
+call of ``n_jitted_steps`` optimizer steps: metrics, evaluation, checkpoints, preemption.
+
+Faults: a job resumes from its last checkpoint with the same data order and random stream (the
+data iterator starts at the restored step, step ``s`` draws from ``fold_in(key, s)``); SIGTERM or
+a TPU preemption notice saves the current step before a clean exit; a non-finite loss, gradient
+or parameter stops training with an error naming the step, and is never written to a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+from absl import logging
+
+from sde_jax import checkpoints, parallel
+from sde_jax.train import _batches_tmp as global_batches  # TODO(merge)
+from sde_jax.train import resume
+from sde_jax.train import state as state_lib
+from sde_jax.train.metric_log import MetricLog
+from sde_jax.train.preemption import Preemption
+
+PERIODS = ('log_freq', 'eval_freq', 'snapshot_freq', 'snapshot_freq_for_preemption')
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """What one training job trains; :func:`fit` does the rest.
+
+  Attributes:
+    name: the network's name, for the log and the checkpoints' metadata.
+    source: the command, for the metadata (``'sde-jax train'``).
+    model: the flax module.
+    example_shape: the shape of one input example, (H, W, C).
+    loss_fn: ``(params, key, batch) -> (loss, aux)``; ``batch`` holds ``batch_keys``.
+    training: the config section with batch_size, n_iters, n_jitted_steps, the periods of
+      :data:`PERIODS` and keep_last (``config.training``, ``config.classifier.training``).
+    optim: the optimizer section (``config.optim``, ``config.classifier.optim``).
+    ema_rate: the EMA's rate.
+    batch_keys: the fields of the data set's batches that the loss reads.
+    evaluate: ``(state, step) -> {name: value}``, run every ``training.eval_freq`` steps and at
+      the last; logged as ``eval/<name>``.
+    after_keep: ``(state, step)``, run after each checkpoint kept for good (every
+      ``training.snapshot_freq`` steps) and the last one: the snapshot sample grids.
+    meta: more metadata for the checkpoints.
+  """
+
+  name: str
+  source: str
+  model: Any
+  example_shape: tuple[int, ...]
+  loss_fn: Callable
+  training: Any
+  optim: Any
+  ema_rate: float
+  batch_keys: tuple[str, ...] = ('image',)
+  evaluate: Callable | None = None
+  after_keep: Callable | None = None
+  meta: dict = dataclasses.field(default_factory=dict)
+
+
+def final_step(training) -> int:
+  """The last step: ``training.n_iters`` rounded down to a multiple of ``n_jitted_steps``.
+
+  Raises:
+    ValueError: if a logging / evaluation / checkpoint period is not a multiple of
+      ``n_jitted_steps`` (the loop only sees every ``n_jitted_steps``-th step).
+  """
+  n = int(training.n_jitted_steps)
+  for name in PERIODS:
+    if n < 1 or training[name] % n:
+      raise ValueError(f'training.{name}={training[name]} must be a multiple of '
+                       f'training.n_jitted_steps={n}.')
+  if training.n_iters < n:
+    raise ValueError(f'training.n_iters={training.n_iters} is less than '
+                     f'training.n_jitted_steps={n}.')
+  return training.n_iters // n * n
+
+
+def fit(config, trainer: Trainer, directory: str, mesh) -> state_lib.TrainState:
+  """Trains ``trainer`` into ``directory``, resuming from its latest checkpoint if there is one.
+
+  Writes ``directory/checkpoints/<step>/`` (every ``snapshot_freq_for_preemption`` steps, the
+  last ``keep_last`` kept, plus every ``snapshot_freq``-th kept for good) and TensorBoard events
+  under ``directory/tensorboard/``.
+
+  Args:
+    config: the job's config (``seed`` and ``data`` are read here).
+    trainer: what to train.
+    directory: where its checkpoints and events go.
+    mesh: the device mesh (``parallel.make_mesh``).
+
+  Returns:
+    The state at the last step trained (after a preemption: the step saved).
+
+  Raises:
+    ValueError: for a batch size the devices do not divide, or bad periods, at start-up.
+    FloatingPointError: at the first non-finite loss, gradient norm or parameter (naming the
+      step); the checkpoints written before it stay as they are.
+  """
+  tc = trainer.training
+  # --- Checks: everything that can be wrong with the config fails before anything is written.
+  per_process = parallel.check_batch_size(tc.batch_size, mesh)
+  last = final_step(tc)
+  optimizer = state_lib.make_optimizer(trainer.optim)
+
+  # --- State: the latest checkpoint, or step 0.
+  manager = checkpoints.checkpoint_manager(directory, keep_last=tc.keep_last,
+                                           keep_every=tc.snapshot_freq,
+                                           item_names=checkpoints.TRAIN_ITEMS, writer=True)
+  init = state_lib.state_initializer(trainer.model, optimizer, trainer.example_shape)
+  state, shardings, step = resume.restore_or_init(manager, init, mesh, config.seed)
+  meta = {'source': trainer.source, 'model': trainer.name,
+          'num_params': checkpoints.num_params(state.params), **trainer.meta}
+
+  # --- The compiled step and the data from `step` on.
+  on_cpu = mesh.devices.flat[0].platform == 'cpu'
+  train_step = state_lib.compile_train_step(state_lib.make_train_step(
+      trainer.loss_fn, optimizer, float(trainer.ema_rate),
+      state_lib.learning_rate_schedule(trainer.optim), unroll=on_cpu), shardings, mesh)
+  batches = global_batches.stacked_batches(config, per_process, tc.n_jitted_steps, step, mesh,
+                                           keys=trainer.batch_keys)
+  log = MetricLog(directory, tc.batch_size, last)
+  logging.info('Training %s (%d parameters) from step %d to %d on a %s mesh, %d examples per '
+               'process per step.', trainer.name, meta['num_params'], step, last,
+               dict(mesh.shape), per_process)
+
+  # --- The loop: one compiled call is n_jitted_steps optimizer steps.
+  try:
+    with Preemption() as preemption:
+      while step < last:
+        state, metrics = train_step(state, next(batches))
+        step += tc.n_jitted_steps
+        log.add(step, metrics)
+        if step % tc.log_freq == 0:
+          log.write(step)
+
+        if trainer.evaluate is not None and (step % tc.eval_freq == 0 or step == last):
+          for name, value in trainer.evaluate(state, step).items():
+            log.scalar(f'eval/{name}', value, step, echo=True)
+
+        # Checkpoints: on the preemption cadence, the keep cadence, the end, or a preemption;
+        # pending metrics are checked first, so a non-finite step is never saved.
+        preempted = preemption.reached(step)
+        keep = step % tc.snapshot_freq == 0 or step == last
+        if preempted or keep or step % tc.snapshot_freq_for_preemption == 0:
+          log.fetch_and_check()
+          resume.save_state(manager, state, step, meta)
+        if keep and trainer.after_keep is not None:
+          trainer.after_keep(state, step)
+        if preempted:
+          logging.warning('Preempted: saved step %d; stopping.', step)
+          break
+  finally:
+    # A failure must leave the checkpoints written so far complete.
+    manager.wait_until_finished()
+    manager.close()
+    log.close()
+  return state
