@@ -56,8 +56,8 @@ def _sample(config, workdir):
     return
   if FLAGS.num_samples is None:
     raise app.UsageError('sde-jax sample needs --num_samples N (or --class K).')
-  from sde_jax import train
-  path = train.sample(config, workdir, FLAGS.num_samples)
+  from sde_jax.sampling import job
+  path = job.sample(config, workdir, FLAGS.num_samples)
   print(f'Wrote {FLAGS.num_samples} samples to {path}')
 
 

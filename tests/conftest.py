@@ -14,10 +14,12 @@ jax.config.update('jax_numpy_rank_promotion', 'raise')
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for one test module (and the subprocesses it starts with
-  :func:`tests.helpers.subprocess_env`), then none: identical programs compile once."""
+  """One persistent compilation cache for the whole run (and the subprocesses tests start with
+  :func:`tests.helpers.subprocess_env`): a program that several modules compile (the same
+  network, sampler or train step at the same shapes) compiles once. It starts empty, so a run
+  never depends on an earlier one."""
   directory = tmp_path_factory.mktemp('jax_cache')
   names = {'jax_compilation_cache_dir': str(directory),
            'jax_persistent_cache_min_compile_time_secs': 0,
