@@ -101,7 +101,17 @@ def _probe(draw, key: Array, data: Array, epsilon: Array | None, first_index) ->
 
 
 def bits_per_dim(logp: Array, dim: int, offset: float) -> Array:
-  """``bpd = -logp / (D ln 2) + offset``: nats per example to bits per dimension."""
+  """``bpd = -logp / (D ln 2) + offset``: nats per example to bits per dimension.
+
+  Args:
+    logp: log-likelihoods in nats, one per example, shape (B,) (any shape works elementwise).
+    dim: ``D``, the number of data dimensions of one example (``prod(x.shape[1:])``).
+    offset: bits per dimension added after the conversion, e.g. ``7 - inverse_scaler(-1)`` of
+      :func:`get_likelihood_fn` for 8-bit data modelled in model space.
+
+  Returns:
+    Bits per dimension, shape and dtype of ``logp``.
+  """
   return -logp / (dim * np.log(2.0)) + offset
 
 
@@ -135,6 +145,10 @@ def get_likelihood_fn(sde: SDE, inverse_scaler: Callable, hutchinson_type: str =
     ``fold_in(key, first_index + i)`` and held fixed over the solve; a given ``epsilon`` (shape of
     ``data``) is used instead. ``bpd`` has shape (B,), ``z = x(T)`` the shape of ``data``, and
     ``nfe`` counts evaluations of the drift (each with one JVP through ``score_fn``).
+
+  Raises:
+    ValueError: for an unknown ``hutchinson_type`` or ``solver``; ``likelihood_fn`` raises it
+      for an ``epsilon`` with ``exact_trace=True`` or of a shape other than ``data``'s.
   """
   if hutchinson_type not in HUTCHINSON_NOISE:
     raise ValueError(f'hutchinson_type={hutchinson_type!r} is not known; expected one of '

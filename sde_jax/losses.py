@@ -49,8 +49,19 @@ def get_sde_loss_fn(sde: sde_lib.SDE, score_fn: TrainScoreFn, reduce_mean: bool 
   ``lambda = std^2`` this is ``|| std s + z ||^2``; with likelihood weighting ``lambda = g(t)^2``
   it bounds the negative log-likelihood (Song et al., 2021b).
 
+  Args:
+    sde: the forward SDE; gives ``mean(x0, t)``, ``std(t)``, ``g(t)`` and ``T``.
+    score_fn: ``score_fn(params, x, t, key) -> score`` (shape of ``x``), ``t`` of shape (B,);
+      ``key`` is a PRNG key for the model (dropout).
+    reduce_mean: per-example reduction over the data dimensions: the mean if True, half the sum
+      if False.
+    likelihood_weighting: weight by ``lambda = g(t)^2`` instead of ``std(t)^2``.
+    eps: smallest time drawn, ``t ~ U[eps, T]`` (the marginal std vanishes at 0).
+
   Returns:
-    ``loss_fn(params, key, batch) -> (loss, {'per_example': losses, 't': t})``.
+    ``loss_fn(params, key, batch) -> (loss, {'per_example': losses, 't': t})``: ``batch`` is
+    data in model space, shape (B, ...); ``key`` a PRNG key, split into per-example keys for ``t``
+    and ``z`` and one for the model; ``loss`` the mean of ``losses`` (B,) over the batch.
   """
   reduce = _reducer(reduce_mean)
 
@@ -106,6 +117,19 @@ def get_smld_loss_fn(sde: sde_lib.VESDE, score_fn: TrainScoreFn,
 
   The score function sees the time of level i (see ``SDE.timestep``); NCSN-style score
   functions turn it back into the level's index or sigma.
+
+  Args:
+    sde: a :class:`~sde_jax.sde.VESDE`; its ``N`` ``discrete_sigmas`` are the noise levels.
+    score_fn: ``score_fn(params, x, t, key) -> score`` (shape of ``x``), ``t`` of shape (B,).
+    reduce_mean: per-example reduction over the data dimensions: the mean if True, half the sum
+      if False (the default, as in the original).
+
+  Returns:
+    ``loss_fn(params, key, batch) -> (loss, {'per_example': losses, 'level': levels})`` with
+    ``batch`` in model space, shape (B, ...), and ``levels`` the int32 level indices (B,).
+
+  Raises:
+    ValueError: if ``sde`` is not a VESDE.
   """
   if not isinstance(sde, sde_lib.VESDE):
     raise ValueError(f'The SMLD loss needs a VESDE, got {type(sde).__name__}.')
@@ -116,10 +140,24 @@ def get_smld_loss_fn(sde: sde_lib.VESDE, score_fn: TrainScoreFn,
 
 def get_ddpm_loss_fn(sde: sde_lib.VPSDE, score_fn: TrainScoreFn,
                      reduce_mean: bool = True) -> LossFn:
-  """DDPM loss: ``|| eps_theta(x_i, i) - z ||^2`` with ``x_i = sqrt(abar_i) x + sqrt(1 - abar_i) z``.
+  """DDPM loss ``|| eps_theta(x_i, i) - z ||^2``, ``x_i = sqrt(abar_i) x + sqrt(1 - abar_i) z``.
 
   Written with the score ``s = -eps_theta / sqrt(1 - abar_i)``, so the same score function serves
   sampling and training.
+
+  Args:
+    sde: a :class:`~sde_jax.sde.VPSDE` (that class exactly); its ``N`` discrete betas give each
+      step's ``sqrt(abar_i)`` and ``sqrt(1 - abar_i)``.
+    score_fn: ``score_fn(params, x, t, key) -> score`` (shape of ``x``), ``t`` of shape (B,).
+    reduce_mean: per-example reduction over the data dimensions: the mean if True, half the sum
+      if False.
+
+  Returns:
+    ``loss_fn(params, key, batch) -> (loss, {'per_example': losses, 'level': levels})`` with
+    ``batch`` in model space, shape (B, ...), and ``levels`` the int32 step indices (B,).
+
+  Raises:
+    ValueError: if ``type(sde)`` is not VPSDE.
   """
   if type(sde) is not sde_lib.VPSDE:
     raise ValueError(f'The DDPM loss needs a VPSDE, got {type(sde).__name__}.')
@@ -131,7 +169,28 @@ def get_ddpm_loss_fn(sde: sde_lib.VPSDE, score_fn: TrainScoreFn,
 def make_loss_fn(sde: sde_lib.SDE, score_fn: TrainScoreFn, *, continuous: bool = True,
                  reduce_mean: bool = True, likelihood_weighting: bool = False,
                  eps: float = 1e-5) -> LossFn:
-  """Chooses the objective as the original does; rejects combinations that make no sense."""
+  """Chooses the objective as the original does; rejects combinations that make no sense.
+
+  Continuous training uses :func:`get_sde_loss_fn` for any SDE; discrete training uses
+  :func:`get_smld_loss_fn` for a VESDE and :func:`get_ddpm_loss_fn` for a VPSDE.
+
+  Args:
+    sde: the forward SDE.
+    score_fn: ``score_fn(params, x, t, key) -> score`` (shape of ``x``), ``t`` of shape (B,).
+    continuous: continuous-time denoising score matching (``t ~ U[eps, T]``) if True, else the
+      discrete SMLD / DDPM loss over the ``sde.N`` levels.
+    reduce_mean: per-example reduction over the data dimensions: the mean if True, half the sum
+      if False.
+    likelihood_weighting: weight the continuous loss by ``g(t)^2``; continuous only.
+    eps: smallest time of the continuous loss; unused by the discrete ones.
+
+  Returns:
+    ``loss_fn(params, key, batch) -> (loss, aux)`` with ``batch`` in model space, shape (B, ...).
+
+  Raises:
+    ValueError: if ``likelihood_weighting`` is set without ``continuous``, or discrete training
+      is asked of an SDE other than VESDE or VPSDE.
+  """
   if continuous:
     return get_sde_loss_fn(sde, score_fn, reduce_mean, likelihood_weighting, eps)
   if likelihood_weighting:
@@ -149,6 +208,12 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool = True) -> LossFn:
 
   Reads ``training.continuous``, ``training.reduce_mean``, ``training.likelihood_weighting`` and
   (optionally) ``training.eps``.
+
+  Args:
+    config: the experiment config; only its ``training`` section is read.
+    sde: the forward SDE the model is trained for.
+    model: the score network, a Module called as described in :mod:`sde_jax.models`.
+    train: run the model in training mode (dropout fed from the loss's key).
 
   Returns:
     ``loss_fn(params, key, batch) -> (loss, aux)`` with ``batch`` in model space.

@@ -29,6 +29,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   ``JAX_PROCESS_ID``) name a coordinator explicitly, as the local launcher does.
   ``SDE_JAX_DISTRIBUTED=1`` forces initialisation where nothing in the environment shows a
   cluster (Cloud TPU VMs).
+
+  Args:
+    coordinator_address: ``host:port`` of process 0's coordinator; None (or empty) reads
+      ``JAX_COORDINATOR_ADDRESS``; if both are unset, jax discovers the cluster (and outside
+      one, without ``SDE_JAX_DISTRIBUTED=1``, nothing is initialised).
+    num_processes: the number of processes of the job; None reads ``JAX_NUM_PROCESSES``.
+    process_id: this process's index in ``[0, num_processes)``; None reads ``JAX_PROCESS_ID``.
   """
   coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
   if num_processes is None and 'JAX_NUM_PROCESSES' in os.environ:
@@ -84,7 +91,18 @@ def _param_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
 
 
 def param_shardings(mesh: Mesh, tree: Any, min_size: int = 2 ** 16) -> Any:
-  """A ``NamedSharding`` for every array (or ``ShapeDtypeStruct``) leaf of ``tree``."""
+  """A ``NamedSharding`` for every array (or ``ShapeDtypeStruct``) leaf of ``tree``.
+
+  Args:
+    mesh: a ``(data, fsdp)`` mesh from :func:`make_mesh`.
+    tree: parameters or optimizer state; only each leaf's ``shape`` is read.
+    min_size: leaves with at least this many elements are split over the ``fsdp`` axis along
+      their largest axis divisible by its size; smaller leaves, leaves with no such axis, and
+      every leaf when ``fsdp = 1`` are replicated.
+
+  Returns:
+    A pytree of the structure of ``tree`` with one ``NamedSharding`` per leaf.
+  """
   fsdp = mesh.shape['fsdp']
   return jax.tree_util.tree_map(
       lambda leaf: NamedSharding(mesh, _param_spec(tuple(leaf.shape), fsdp, min_size)), tree)

@@ -30,7 +30,21 @@ def train_toy(config, key, progress: bool = True) -> tuple[train.TrainState, lis
   """Trains the configured model on ``config.data.dataset``; returns the state and a loss log.
 
   The optimizer, state and step are those of :mod:`sde_jax.train` (one step per call); the
-  batch of step ``s`` is drawn from ``fold_in(key, s)``.
+  batch of step ``s`` is drawn from ``fold_in(k_data, s)``, ``k_data`` the data half of ``key``.
+
+  Args:
+    config: the toy config; reads ``data.dataset`` and ``data.dim``, ``optim``,
+      ``model.ema_rate``, ``training.n_iters``, ``training.batch_size``, ``training.log_freq``
+      and what the SDE, model and loss read.
+    key: a PRNG key, split into the parameter initialisation key and the data key.
+    progress: show a tqdm bar; if False, log each logged step's loss instead.
+
+  Returns:
+    ``(state, history)``: the final :class:`~sde_jax.train.TrainState` and one dict
+    ``{'step', 'loss', 'grad_norm', 'lr'}`` every ``training.log_freq`` steps and at the last.
+
+  Raises:
+    FloatingPointError: if a logged loss is not finite.
   """
   sde = sde_lib.from_config(config)
   model = models.get_model(config)
@@ -59,7 +73,18 @@ def train_toy(config, key, progress: bool = True) -> tuple[train.TrainState, lis
 
 
 def mode_statistics(points: np.ndarray, means: np.ndarray, std: float) -> dict[str, float]:
-  """Fraction of points within 3 std of their nearest mode, and the per-mode weights."""
+  """Fraction of points within 3 std of their nearest mode, and the per-mode weights.
+
+  Args:
+    points: samples, shape (n, d).
+    means: the mixture's modes, shape (K, d).
+    std: the modes' standard deviation; a point is on its nearest mode if its Euclidean
+      distance to it is below ``3 std``.
+
+  Returns:
+    ``{'fraction_on_modes': float, 'mode_weights': list of K floats}``: the weights are the
+    fractions of the on-mode points nearest to each mode (all zero if no point is on a mode).
+  """
   dist = np.linalg.norm(points[:, None, :] - means[None], axis=-1)
   nearest = np.argmin(dist, axis=1)
   near = dist[np.arange(len(points)), nearest] < 3 * std
@@ -78,7 +103,23 @@ def _mixture_nll(points: np.ndarray) -> float:
 
 
 def evaluate_toy(config, params, key) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Samples (configured sampler and probability-flow ODE) and held-out likelihood."""
+  """Samples (configured sampler and probability-flow ODE) and held-out likelihood.
+
+  Both samplers draw ``eval.num_samples`` points, compared with as many held-out data points by
+  the sliced Wasserstein distance (and mode statistics for ``eight_gaussians``); the likelihood
+  of the first ``eval.num_likelihood`` held-out points is reported in nats per dimension.
+
+  Args:
+    config: the toy config (``data``, ``training``, ``model``, ``sampling`` and ``eval``).
+    params: the score model's parameters (the EMA ones in :func:`run_toy`).
+    key: a PRNG key, split into the sampler, ODE sampler, held-out data and likelihood keys.
+
+  Returns:
+    ``(results, points)``: ``results`` maps ``'configured'`` and ``'ode'`` to their ``nfe``,
+    ``seconds`` and ``sliced_wasserstein`` (and mode statistics), ``'likelihood'`` to the NLL
+    and its NFE, and ``'reference_sliced_wasserstein'`` to the distance between two data samples;
+    ``points`` maps ``'data'`` and one title per sampler to points of shape (n, 2).
+  """
   sde = sde_lib.from_config(config)
   model = models.get_model(config)
   score_fn = models.get_score_fn(sde, model, continuous=config.training.continuous)
@@ -136,7 +177,19 @@ def _report_markdown(config, history, results) -> str:
 
 
 def run_toy(config, workdir: str, progress: bool = True) -> dict[str, Any]:
-  """Trains, samples and evaluates the toy model; writes the PNG and the reports."""
+  """Trains, samples and evaluates the toy model; writes the PNG and the reports.
+
+  Args:
+    config: the toy config; ``seed`` gives the key of the whole run.
+    workdir: the output folder; outputs of an earlier run there are moved aside.
+    progress: show a tqdm bar while training (else log the losses).
+
+  Returns:
+    The ``results`` of :func:`evaluate_toy`, also written to ``report.json``.
+
+  Raises:
+    ValueError: if ``config.data.dataset`` is not a toy data set.
+  """
   if config.data.dataset not in data_lib.TOY_DATASETS:
     raise ValueError(f'config.data.dataset={config.data.dataset!r} is not a toy data set; '
                      f'expected one of {sorted(data_lib.TOY_DATASETS)}.')

@@ -18,6 +18,9 @@ def scatter_png(path: str, panels: dict[str, np.ndarray], extent: float = 3.0,
     panels: title -> points of shape (n, 2).
     extent: each panel shows ``[-extent, extent]^2``.
     size: side of one panel in pixels.
+
+  Raises:
+    ValueError: if a panel's points are not of shape (n, 2).
   """
   image = Image.new('RGB', (size * len(panels), size + 20), 'white')
   draw = ImageDraw.Draw(image)
@@ -41,6 +44,18 @@ def image_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) ->
   """Images (N, H, W, C) as one (rows, cols) grid with ``padding`` black pixels between them.
 
   ``ncol`` defaults to ``ceil(sqrt(N))``; the last row may be partly empty.
+
+  Args:
+    images: shape (N, H, W, C), any dtype.
+    ncol: images per row; None (or 0) for ``ceil(sqrt(N))``.
+    padding: pixels of zeros around and between the images.
+
+  Returns:
+    The grid, shape ``(rows (H + padding) + padding, ncol (W + padding) + padding, C)``, dtype of
+    ``images``.
+
+  Raises:
+    ValueError: if ``images`` is not 4-D.
   """
   images = np.asarray(images)
   if images.ndim != 4:
@@ -57,7 +72,16 @@ def image_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) ->
 
 
 def image_grid_png(path: str, images_uint8_nhwc: np.ndarray, ncol: int | None = None) -> None:
-  """Writes uint8 images (N, H, W, C) with 1 or 3 channels as one PNG grid."""
+  """Writes uint8 images (N, H, W, C) with 1 or 3 channels as one PNG grid.
+
+  Args:
+    path: output PNG file.
+    images_uint8_nhwc: uint8 images, shape (N, H, W, 1 or 3).
+    ncol: images per row; None for ``ceil(sqrt(N))`` (see :func:`image_grid`, padding 2).
+
+  Raises:
+    ValueError: if the images are not uint8 of shape (N, H, W, 1 or 3).
+  """
   images = np.asarray(images_uint8_nhwc)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f'expected uint8 images of shape (N, H, W, 1 or 3), got {images.dtype} '

@@ -67,6 +67,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
   """Frechet distance of two Gaussians, in float64:
   ``|mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr sqrt(S1 S2)``.
 
+  Args:
+    mu1: mean of the first Gaussian, shape (d,).
+    sigma1: its covariance ``S1``, shape (d, d), symmetric PSD.
+    mu2: mean of the second Gaussian, shape (d,).
+    sigma2: its covariance ``S2``, shape (d, d), symmetric PSD.
+
+  Returns:
+    The squared Frechet (2-Wasserstein) distance, a Python float.
+
   Raises:
     ValueError: if the shapes do not agree.
   """
@@ -149,6 +158,18 @@ def kid_block_estimates(features1: np.ndarray, features2: np.ndarray,
 
   Both sets are cut into ``ceil(max(n1, n2) / max_block_size)`` consecutive blocks
   (:func:`_block_bounds`); block i of one set is compared with block i of the other only.
+
+  Args:
+    features1: features of one set, shape (n1, d).
+    features2: features of the other, shape (n2, d).
+    max_block_size: the largest block of the larger set (TF-GAN's default, 1024).
+
+  Returns:
+    The MMD^2 estimate of each block, float64 of shape (blocks,).
+
+  Raises:
+    ValueError: if the features are not (n1, d) and (n2, d) of one ``d``, or a block would hold
+      fewer than 2 samples.
   """
   x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
   if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
@@ -169,6 +190,17 @@ def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray,
   ``MMD^2 = sum_{i != j} k(x_i, x_j) / (m (m - 1)) + sum_{i != j} k(y_i, y_j) / (n (n - 1))
   - 2 sum_{i, j} k(x_i, y_j) / (m n)`` within each block (:func:`kid_block_estimates`). The
   original computes it in the features' float32; this is float64.
+
+  Args:
+    features1: features of one set, shape (n1, d).
+    features2: features of the other, shape (n2, d).
+    max_block_size: the largest block of the larger set (TF-GAN's default, 1024).
+
+  Returns:
+    The KID, a Python float.
+
+  Raises:
+    ValueError: as :func:`kid_block_estimates`.
   """
   return float(np.mean(kid_block_estimates(features1, features2, max_block_size)))
 
@@ -176,7 +208,19 @@ def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray,
 def kernel_inception_distance_and_std(features1: np.ndarray, features2: np.ndarray,
                                       max_block_size: int = 1024) -> tuple[float, float]:
   """KID and TF-GAN's estimate of its standard error, ``std(blocks, ddof=1) / sqrt(blocks)``
-  (NaN for a single block)."""
+  (NaN for a single block).
+
+  Args:
+    features1: features of one set, shape (n1, d).
+    features2: features of the other, shape (n2, d).
+    max_block_size: the largest block of the larger set (TF-GAN's default, 1024).
+
+  Returns:
+    ``(kid, standard_error)``, Python floats.
+
+  Raises:
+    ValueError: as :func:`kid_block_estimates`.
+  """
   ests = kid_block_estimates(features1, features2, max_block_size)
   std = float(np.std(ests, ddof=1) / math.sqrt(len(ests))) if len(ests) > 1 else math.nan
   return float(np.mean(ests)), std
@@ -189,7 +233,19 @@ def kernel_inception_distance_and_std(features1: np.ndarray, features2: np.ndarr
 def stats_filename(dataset: str, image_size: int | None = None,
                    category: str | None = None) -> str:
   """The original's name of a data set's statistics file (in its ``assets/stats/``):
-  ``cifar10_stats.npz``, ``celeba_stats.npz``, ``lsun_{category}_{image_size}_stats.npz``."""
+  ``cifar10_stats.npz``, ``celeba_stats.npz``, ``lsun_{category}_{image_size}_stats.npz``.
+
+  Args:
+    dataset: the data set's name (``config.data.dataset``), any case; lower-cased in the name.
+    image_size: the image side in pixels; needed for LSUN only, ignored otherwise.
+    category: the LSUN category (e.g. ``'church_outdoor'``); needed for LSUN only.
+
+  Returns:
+    The file name, without a folder.
+
+  Raises:
+    ValueError: for LSUN without both ``category`` and ``image_size``.
+  """
   name = dataset.lower()
   if name == 'lsun':
     if category is None or image_size is None:
@@ -201,7 +257,13 @@ def stats_filename(dataset: str, image_size: int | None = None,
 def save_stats(path: str | os.PathLike, pool_3: np.ndarray,
                logits: np.ndarray | None = None) -> None:
   """Writes features as the original does: a compressed ``.npz`` with ``pool_3`` (and
-  ``logits`` for samples)."""
+  ``logits`` for samples).
+
+  Args:
+    path: the output file (``np.savez_compressed`` appends ``.npz`` if it is missing).
+    pool_3: Inception ``pool_3`` features, shape (n, 2048).
+    logits: Inception logits, shape (n, 1008), or None to store ``pool_3`` only (data sets).
+  """
   arrays = {'pool_3': np.asarray(pool_3)}
   if logits is not None:
     arrays['logits'] = np.asarray(logits)
@@ -259,6 +321,10 @@ def extract_features(apply_fn: Callable[[Any, Any], dict], params: Any, images_u
   Returns:
     Every output of ``apply_fn`` as a numpy array over the images of all processes, process 0's
     first, in order; the same on every process.
+
+  Raises:
+    ValueError: if ``batch_size`` is not a multiple of the device and process counts, or the
+      processes pass different numbers of images.
   """
   mesh = mesh or parallel.make_mesh()
   processes = jax.process_count()

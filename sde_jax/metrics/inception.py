@@ -49,6 +49,18 @@ def resize_matrix(in_size: int, out_size: int, method: str = 'legacy') -> np.nda
   ``half_pixel`` is TF2's ``tf.image.resize`` (no antialias): ``s = (i + 0.5) * in/out - 0.5``.
   Either way ``y_i = (1 - f) x_floor(s) + f x_ceil(s)``, ``f = s - floor(s)``, indices clamped
   to the image, with TensorFlow's float32 arithmetic for ``s``.
+
+  Args:
+    in_size: the input length along the axis, in pixels.
+    out_size: the output length, in pixels.
+    method: ``'legacy'`` (TF1, as the original evaluation) or ``'half_pixel'`` (TF2).
+
+  Returns:
+    ``m`` of shape ``(out_size, in_size)``, float32, with ``y = m @ x`` along the axis; each row
+    sums to 1.
+
+  Raises:
+    ValueError: if ``method`` is neither.
   """
   if method not in ('legacy', 'half_pixel'):
     raise ValueError(f"resize method must be 'legacy' or 'half_pixel', got {method!r}.")
@@ -70,6 +82,15 @@ def preprocess(images: jax.Array, size: int = IMAGE_SIZE, method: str = 'legacy'
 
   One-channel images are repeated to three. The resize is skipped when the images already
   have the target size (the legacy resize is then the identity).
+
+  Args:
+    images: shape (B, H, W, 1 or 3), uint8 or float with values in [0, 255].
+    size: the output side in pixels (299 for the real network).
+    method: the bilinear resize, ``'legacy'`` (TF1, the original's) or ``'half_pixel'`` (TF2);
+      see :func:`resize_matrix`.
+
+  Returns:
+    float32 images in [-1, 1], shape (B, size, size, 3).
   """
   x = (jnp.asarray(images).astype(jnp.float32) - 127.5) / 127.5
   if x.shape[-1] == 1:
@@ -140,7 +161,21 @@ def scaled(channels: int, width: float) -> int:
 def conv_bn(name: str, features: int, kernel, *, width: float, precision: Any, strides: int = 1,
             padding: Any = 'SAME') -> ConvBN:
   """A :class:`ConvBN` called ``name`` with ``features * width`` channels; ``kernel`` an int
-  (square) or (height, width)."""
+  (square) or (height, width).
+
+  Args:
+    name: the module name, that of the PyTorch port (e.g. ``'branch1x1'``).
+    features: the real network's output channel count, before scaling by ``width``.
+    kernel: the kernel size, an int for a square kernel or ``(height, width)``.
+    width: channel multiplier; the module gets ``max(1, int(features * width))`` channels.
+    precision: the convolution's ``jax.lax.Precision``.
+    strides: the stride along both spatial axes.
+    padding: ``'SAME'``, ``'VALID'`` or explicit per-axis ``(low, high)`` pads, as ``nn.Conv``
+      takes them.
+
+  Returns:
+    The unbound :class:`ConvBN` module.
+  """
   kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
   return ConvBN(scaled(features, width), kernel, strides, padding, precision, name=name)
 
@@ -152,6 +187,18 @@ class _Block(nn.Module):
   precision: Any = HIGHEST
 
   def conv(self, name: str, features: int, kernel, strides: int = 1, padding: Any = 'SAME'):
+    """:func:`conv_bn` with this block's ``width`` and ``precision``.
+
+    Args:
+      name: the module name, that of the PyTorch port (e.g. ``'branch1x1'``).
+      features: the real network's output channel count, before scaling by ``width``.
+      kernel: the kernel size, an int for a square kernel or ``(height, width)``.
+      strides: the stride along both spatial axes.
+      padding: ``'SAME'``, ``'VALID'`` or explicit pads, as ``nn.Conv`` takes them.
+
+    Returns:
+      The unbound :class:`ConvBN` module.
+    """
     return conv_bn(name, features, kernel, width=self.width, precision=self.precision,
                    strides=strides, padding=padding)
 
@@ -383,6 +430,15 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], model: InceptionV3 |
                            source: str = 'state dict') -> Any:
   """Flax parameters from a pytorch-fid state dict, strictly: every parameter filled with the
   tensor of the same shape, every tensor (but ``num_batches_tracked`` counters) used.
+
+  Args:
+    state: pytorch-fid state-dict tensors as numpy arrays by key, in PyTorch layout
+      (convolutions OIHW, the dense kernel (out, in)); converted to float32 and Flax layout.
+    model: the network the parameters are for; None for the real ``InceptionV3()``.
+    source: what ``state`` was read from (e.g. the file path), for error messages.
+
+  Returns:
+    The Flax ``params`` tree of ``model``.
 
   Raises:
     CheckpointError: naming the tensors and parameters involved, and both shapes.

@@ -11,6 +11,19 @@ def sliced_wasserstein(x: np.ndarray, y: np.ndarray, num_projections: int = 256,
 
   Each 1-D ``W_2`` is computed exactly from sorted projections; ``x`` and ``y`` are (n, d)
   and (m, d); unequal sizes are compared on a common grid of quantiles.
+
+  Args:
+    x: one point set, shape (n, d).
+    y: the other, shape (m, d).
+    num_projections: the number of random directions ``u`` (uniform on the unit sphere).
+    seed: seed of the numpy generator drawing the directions; a fixed seed makes the distance
+      deterministic.
+
+  Returns:
+    The Monte Carlo estimate of ``SW_2``, a Python float, in the units of the points.
+
+  Raises:
+    ValueError: if ``x`` and ``y`` are not (n, d) and (m, d) of one ``d``.
   """
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:

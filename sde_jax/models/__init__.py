@@ -81,7 +81,17 @@ def get_model(config):
 
 
 def init_params(model, key: Array, shape: tuple[int, ...]):
-  """Initial parameters of ``model`` for inputs of ``shape`` (labels of ones)."""
+  """Initial parameters of ``model`` for inputs of ``shape`` (labels of ones).
+
+  Args:
+    model: a score network following the contract in this package's docstring.
+    key: a PRNG key, used for both the ``params`` and the ``dropout`` streams of ``init``.
+    shape: the input shape ``(B, ...)`` (e.g. ``(1, H, W, C)``); the model is traced on float32
+      zeros of this shape with float32 labels of shape (B,), in evaluation mode.
+
+  Returns:
+    The ``params`` collection of the initialised variables.
+  """
   variables = model.init({'params': key, 'dropout': key}, jnp.zeros(shape, jnp.float32),
                          jnp.ones((shape[0],), jnp.float32), train=False)
   return variables['params']
@@ -112,6 +122,10 @@ def get_score_fn(sde: sde_lib.SDE, model, continuous: bool = True, train: bool =
     model: a Module following the contract in this package's docstring.
     continuous: whether the model was trained with continuous time (label conventions differ).
     train: run the model in training mode; ``key`` then feeds dropout.
+
+  Returns:
+    ``score_fn(params, x, t, key=None)`` with ``x`` in model space, shape (B, ...), and ``t`` of
+    shape (B,); the score has the shape of ``x``.
   """
   def score_fn(params, x, t, key=None):
     labels, std = _labels_and_std(sde, continuous, t)

@@ -17,6 +17,16 @@ def timestep_embedding(labels: jax.Array, dim: int, max_positions: int = 10000) 
   The float32 operations are those of both original codes, ``exp(k * -(log(P) / (d/2 - 1)))``;
   evaluating ``w_k`` in another order changes it by an ulp, which for labels near 999 moves the
   embedding by up to 6e-5.
+
+  Args:
+    labels: the per-example labels (time step indices or noise levels), shape (B,), any real
+      dtype (computed in float32).
+    dim: the embedding size (at least 4); an odd ``dim`` gets a final column of zeros.
+    max_positions: ``P``, the base of the geometric frequencies: ``w_k`` runs from 1 down to
+      ``1 / P``.
+
+  Returns:
+    float32 embeddings ``[sin | cos]``, shape (B, dim).
   """
   half = dim // 2
   step = math.log(max_positions) / (half - 1)
@@ -27,7 +37,17 @@ def timestep_embedding(labels: jax.Array, dim: int, max_positions: int = 10000) 
 
 
 def ve_sigmas(sigma_min: float, sigma_max: float, num_scales: int) -> np.ndarray:
-  """The descending geometric noise levels ``sigma_max ... sigma_min`` of SMLD / VE (float32)."""
+  """The descending geometric noise levels ``sigma_max ... sigma_min`` of SMLD / VE (float32).
+
+  Args:
+    sigma_min: the smallest level, the last entry.
+    sigma_max: the largest level, the first entry.
+    num_scales: the number of levels (``N`` of the SDE).
+
+  Returns:
+    float32 array of shape (num_scales,), geometrically spaced from ``sigma_max`` to
+    ``sigma_min``: the reverse of ``VESDE.discrete_sigmas``.
+  """
   return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_scales)).astype(np.float32)
 
 
@@ -75,6 +95,18 @@ def conv(x: jax.Array, features: int, kernel: int = 3, stride: int = 1, bias: bo
   Called inside a compact module, it creates one ``Conv_k`` submodule, which is how the original
   networks name their convolutions. With stride 2 and an even size, 'SAME' pads one pixel at the
   bottom/right only, as the PyTorch port does explicitly.
+
+  Args:
+    x: inputs, NHWC.
+    features: the output channel count.
+    kernel: the side of the square kernel.
+    stride: the stride along both spatial axes.
+    bias: add a (zero-initialised) bias.
+    init_scale: scale of the ``fan_avg`` variance-scaling kernel initialiser; 0 means 1e-10
+      (a near-zero output layer, see :func:`default_init`).
+
+  Returns:
+    Shape ``(B, ceil(H / stride), ceil(W / stride), features)``.
   """
   return nn.Conv(features, kernel_size=(kernel, kernel), strides=(stride, stride), padding='SAME',
                  use_bias=bias, kernel_init=default_init(init_scale),
@@ -99,7 +131,17 @@ class NIN(nn.Module):
 
 
 def self_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-  """Single-head attention over all ``H W`` positions: ``softmax(q k^T / sqrt(C)) v`` (NHWC)."""
+  """Single-head attention over all ``H W`` positions: ``softmax(q k^T / sqrt(C)) v`` (NHWC).
+
+  Args:
+    q: queries, shape (B, H, W, C); ``C`` is the scale's channel count.
+    k: keys, shape of ``q``.
+    v: values, shape (B, H, W, C') with the positions of ``q``.
+
+  Returns:
+    For each query position the softmax-weighted mean of ``v`` over all positions,
+    shape (B, H, W, C').
+  """
   b, h, w, c = q.shape
   logits = jnp.einsum('bhwc,bHWc->bhwHW', q, k) * (c ** -0.5)
   weights = jax.nn.softmax(logits.reshape(b, h, w, h * w), axis=-1).reshape(b, h, w, h, w)

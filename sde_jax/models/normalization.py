@@ -146,6 +146,14 @@ def get_normalization(name: str, conditional: bool = False, num_classes: int = 0
     num_classes: number of noise levels of the conditional version.
     flavour: 'jax' or 'pytorch': the variances that score_sde_pytorch computes unbiased
       (``torch.var``'s default) get ``ddof=1`` with 'pytorch'.
+
+  Returns:
+    A constructor of the Module (e.g. ``norm = get_normalization('GroupNorm')()``), with
+    ``num_classes`` and ``ddof`` bound where the normalisation takes them.
+
+  Raises:
+    ValueError: for an unknown ``name``, or ``conditional`` with a name other than
+      'InstanceNorm++'.
   """
   ddof = {'jax': 0, 'pytorch': 1}[flavour]
   if conditional:

@@ -39,6 +39,19 @@ def upfirdn2d(x: Array, k: np.ndarray, up: int = 1, down: int = 1, pad0: int = 0
   3. convolve (true convolution, not correlation) with ``k``, keeping only outputs whose
      footprint lies inside the padded signal (length ``H u + pad0 + pad1 - len(k) + 1``);
   4. keep every ``d``-th sample, starting with the first.
+
+  Args:
+    x: inputs, shape (N, H, W, C).
+    k: the 2-D FIR filter, shape (kh, kw) (see :func:`fir_filter`), used as given: no
+      normalisation or gain; cast to the dtype of ``x``.
+    up: the upsampling factor ``u`` (1: none).
+    down: the downsampling factor ``d`` (1: none).
+    pad0: zeros padded before the upsampled signal along each spatial axis (negative: cropped).
+    pad1: zeros padded after it (negative: cropped).
+
+  Returns:
+    Shape ``(N, H', W', C)`` with ``H' = floor((H u + pad0 + pad1 - kh) / d) + 1`` (``W'``
+    likewise with ``kw``), dtype of ``x``.
   """
   n, h, w, c = x.shape
   k = np.asarray(k, dtype=np.float32)
@@ -54,14 +67,32 @@ def upfirdn2d(x: Array, k: np.ndarray, up: int = 1, down: int = 1, pad0: int = 0
 
 
 def upsample_2d(x: Array, k: Sequence[float] = (1, 1), factor: int = 2) -> Array:
-  """Upsample by ``factor`` with FIR filter ``k`` (gain ``factor^2`` keeps constants constant)."""
+  """Upsample by ``factor`` with FIR filter ``k`` (gain ``factor^2`` keeps constants constant).
+
+  Args:
+    x: inputs, shape (N, H, W, C).
+    k: the FIR filter, 1-D (separable, ``k k^T``) or square 2-D; normalised to sum 1.
+    factor: the integer upsampling factor.
+
+  Returns:
+    Shape (N, H factor, W factor, C).
+  """
   k = fir_filter(k) * factor ** 2
   p = k.shape[0] - factor
   return upfirdn2d(x, k, up=factor, pad0=(p + 1) // 2 + factor - 1, pad1=p // 2)
 
 
 def downsample_2d(x: Array, k: Sequence[float] = (1, 1), factor: int = 2) -> Array:
-  """Downsample by ``factor`` after filtering with ``k``; ``k = (1, 1)`` is average pooling."""
+  """Downsample by ``factor`` after filtering with ``k``; ``k = (1, 1)`` is average pooling.
+
+  Args:
+    x: inputs, shape (N, H, W, C), with H and W multiples of ``factor``.
+    k: the FIR filter, 1-D (separable, ``k k^T``) or square 2-D; normalised to sum 1.
+    factor: the integer downsampling factor.
+
+  Returns:
+    Shape (N, H / factor, W / factor, C).
+  """
   k = fir_filter(k)
   p = k.shape[0] - factor
   return upfirdn2d(x, k, down=factor, pad0=(p + 1) // 2, pad1=p // 2)
@@ -85,6 +116,16 @@ def upsample_conv_2d(x: Array, w: Array, k: Sequence[float] = (1, 1), factor: in
   (``lhs_dilation``) with ``w`` under full padding, which is what a transposed convolution
   with the flipped, I/O-swapped kernel computes; the FIR step then shifts and crops the result
   to exactly ``factor`` times the input size.
+
+  Args:
+    x: inputs, shape (N, H, W, C_in).
+    w: the kernel, shape (size, size, C_in, C_out) (HWIO, square).
+    k: the FIR filter, 1-D (separable, ``k k^T``) or square 2-D; normalised to sum 1 and given
+      the gain ``factor^2``.
+    factor: the integer upsampling factor, the transposed convolution's stride.
+
+  Returns:
+    Shape (N, H factor, W factor, C_out).
   """
   size = w.shape[0]
   fk = fir_filter(k) * factor ** 2
@@ -96,7 +137,20 @@ def upsample_conv_2d(x: Array, w: Array, k: Sequence[float] = (1, 1), factor: in
 
 
 def conv_downsample_2d(x: Array, w: Array, k: Sequence[float] = (1, 1), factor: int = 2) -> Array:
-  """FIR smoothing with ``k``, then a stride-``factor`` 'VALID' convolution with ``w`` (HWIO)."""
+  """FIR smoothing with ``k``, then a stride-``factor`` 'VALID' convolution with ``w`` (HWIO).
+
+  The FIR step pads so that the strided convolution returns exactly ``1 / factor`` of the input
+  size.
+
+  Args:
+    x: inputs, shape (N, H, W, C_in), with H and W multiples of ``factor``.
+    w: the kernel, shape (size, size, C_in, C_out) (HWIO, square).
+    k: the FIR filter, 1-D (separable, ``k k^T``) or square 2-D; normalised to sum 1.
+    factor: the integer downsampling factor, the convolution's stride.
+
+  Returns:
+    Shape (N, H / factor, W / factor, C_out).
+  """
   size = w.shape[0]
   fk = fir_filter(k)
   p = (fk.shape[0] - factor) + (size - 1)

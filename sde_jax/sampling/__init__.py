@@ -32,6 +32,18 @@ SAMPLERS = {'pc': get_pc_sampler, 'ode': get_ode_sampler, 'dpm_solver++': get_dp
 def get_sampler(method: str, sde: SDE, shape: tuple[int, ...], **options):
   """Builds the sampler ``SAMPLERS[method](sde, shape, **options)``.
 
+  Args:
+    method: a name in :data:`SAMPLERS` (``'pc'``, ``'ode'``, ``'dpm_solver++'``, ``'heun'``,
+      ``'adaptive_sde'``).
+    sde: the forward SDE.
+    shape: ``(B, ...)``, the shape of one batch of samples (model space).
+    **options: keyword options of the method's factory (e.g. ``snr`` for ``'pc'``, ``nfe`` for
+      ``'heun'``); those not given take the factory's defaults.
+
+  Returns:
+    The method's ``sampler(key, score_fn, params, ...) -> (x, nfe)`` (see this package's
+    docstring).
+
   Raises:
     ValueError: for an unknown method.
     TypeError: for an option the method does not take (all of them named).
@@ -121,6 +133,17 @@ def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...]):
 
   The configs of configs/ hold every field (``configs._recipes.sampling``); a config without
   the fast samplers' fields (an older one) gets the defaults of :data:`CONFIG_FIELDS`.
+
+  Args:
+    config: a config with a ``sampling`` section (see :func:`config_fields`).
+    sde: the forward SDE; also picks the default ``eps`` (1e-5 for VE, 1e-3 otherwise).
+    shape: ``(B, ...)``, the shape of one batch of samples (model space).
+
+  Returns:
+    The sampler, as :func:`get_sampler` returns it.
+
+  Raises:
+    ValueError: for an unknown method, or a required field the config lacks.
   """
   method, options = options_from_config(config, sde)
   return get_sampler(method, sde, shape, **options)

@@ -59,7 +59,24 @@ def _rms(x: Array) -> Array:
 
 def attempt_step(rsde, state: _State, z: Array, *, rtol: float, atol: float, safety: float,
                  exponent: float, eps: float) -> _State:
-  """One attempted step of every example (see the module docstring)."""
+  """One attempted step of every example (see the module docstring).
+
+  Args:
+    rsde: the reverse SDE, ``sde.reverse(score)`` (params bound); two evaluations of its
+      ``sde(x, t)`` per attempt.
+    state: the current ``(x, x_prev, t, h, attempts)``, ``x`` of shape (B, ...) and ``t, h`` of
+      shape (B,).
+    z: the attempt's standard normal noise, shape of ``x``, shared by both stages.
+    rtol: relative tolerance of the error estimate.
+    atol: absolute tolerance, in the units of ``x`` (model space).
+    safety: the factor of the step-size rule ``h <- safety h E^(-exponent)``.
+    exponent: its exponent.
+    eps: the end time; steps are cut so that no example goes below it.
+
+  Returns:
+    The next state: accepted examples advance to ``t - h`` with the Heun value, rejected ones
+    stay; every example gets its next ``h``; ``attempts`` grows by one.
+  """
   x, t, h = state.x, state.t, state.h
   drift, diffusion = rsde.sde(x, t)
   k1 = batch_mul(-h, drift) + batch_mul(diffusion * jnp.sqrt(h), z)

@@ -21,6 +21,10 @@ def compile_sampler(sample: Callable, shape: tuple[int, ...], nfe: int | None = 
     shape: the batch shape the sampler was built for; a ``z`` of another shape is a ValueError.
     nfe: a count of network evaluations known before tracing (fixed-step samplers), returned
       beside ``x``; None when ``sample`` counts them itself.
+
+  Returns:
+    The ``sampler``, jitted with ``score_fn`` static; it raises a ValueError for a ``z`` whose
+    shape is not ``shape``.
   """
   compiled = jax.jit(sample, static_argnums=1)
 

@@ -70,6 +70,19 @@ def langevin(sde: SDE, snr: float, n_steps: int) -> Corrector:
   ``p(x) ||score(x)||^2`` instead of ``p(x)``: a relative variance bias of about ``2 / d`` in
   d dimensions, negligible for images but ruinous for d = 2 (``||z|| / ||score||`` is then
   heavy-tailed). Use ``langevin_batch``, ``ald`` or no corrector for low-dimensional data.
+
+  Args:
+    sde: the forward SDE; gives ``alpha(t)``.
+    snr: the signal-to-noise ratio of the step-size rule above, > 0.
+    n_steps: Langevin steps per update, >= 1; step j of example i draws its noise from
+      ``fold_in(keys[i], j)``.
+
+  Returns:
+    A :class:`Corrector` with ``evals = n_steps``; its ``update(score_fn, keys, x, t)`` returns
+    ``(x, x_mean)`` of the last step, both of the shape of ``x``.
+
+  Raises:
+    ValueError: if ``n_steps < 1`` or ``snr <= 0``.
   """
   _check('langevin', snr, n_steps)
 
@@ -86,6 +99,19 @@ def langevin_batch(sde: SDE, snr: float, n_steps: int) -> Corrector:
   ``jit`` over a sharded batch the mean is global, as the original's ``pmean`` over devices. It
   reproduces the paper's sampler exactly and is unbiased in low dimension, but a sample then
   depends on the other samples of its batch (and so on the batch size).
+
+  Args:
+    sde: the forward SDE; gives ``alpha(t)``.
+    snr: the signal-to-noise ratio of the step-size rule above, > 0.
+    n_steps: Langevin steps per update, >= 1; step j of example i draws its noise from
+      ``fold_in(keys[i], j)``.
+
+  Returns:
+    A :class:`Corrector` with ``evals = n_steps``; its ``update(score_fn, keys, x, t)`` returns
+    ``(x, x_mean)`` of the last step, both of the shape of ``x``.
+
+  Raises:
+    ValueError: if ``n_steps < 1`` or ``snr <= 0``.
   """
   _check('langevin_batch', snr, n_steps)
 
@@ -100,6 +126,19 @@ def ald(sde: SDE, snr: float, n_steps: int) -> Corrector:
   """Annealed Langevin dynamics of SMLD: ``eps = 2 alpha (snr sigma(t))^2``.
 
   ``sigma(t)`` is the std of the perturbation kernel ``p_{0t}``; the step does not look at x.
+
+  Args:
+    sde: the forward SDE; gives ``alpha(t)`` and the std ``sigma(t)`` of ``marginal_prob``.
+    snr: the signal-to-noise ratio of the step-size rule above, > 0.
+    n_steps: Langevin steps per update, >= 1; step j of example i draws its noise from
+      ``fold_in(keys[i], j)``.
+
+  Returns:
+    A :class:`Corrector` with ``evals = n_steps``; its ``update(score_fn, keys, x, t)`` returns
+    ``(x, x_mean)`` of the last step, both of the shape of ``x``.
+
+  Raises:
+    ValueError: if ``n_steps < 1`` or ``snr <= 0``.
   """
   _check('ald', snr, n_steps)
 
@@ -111,7 +150,16 @@ def ald(sde: SDE, snr: float, n_steps: int) -> Corrector:
 
 
 def none(sde: SDE, snr: float, n_steps: int) -> Corrector:
-  """The identity: ``(x, x)``, no score evaluation (predictor-only sampling)."""
+  """The identity: ``(x, x)``, no score evaluation (predictor-only sampling).
+
+  Args:
+    sde: ignored (the signature of every corrector factory).
+    snr: ignored.
+    n_steps: ignored.
+
+  Returns:
+    A :class:`Corrector` whose update returns ``(x, x)``, with ``evals = 0``.
+  """
   del sde, snr, n_steps
   return Corrector(lambda score_fn, keys, x, t: (x, x), evals=0)
 

@@ -53,7 +53,16 @@ def phi_functions(h: Array) -> tuple[Array, Array, Array]:
 def step_orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
   """Order of each step: ``min(order, i + 1)`` (the history grows), and with
   ``lower_order_final`` and fewer than 15 steps at most ``steps - i`` (the last step is first
-  order)."""
+  order).
+
+  Args:
+    steps: the number of steps.
+    order: the method's order, 1 to 3.
+    lower_order_final: lower the order of the last steps when ``steps < 15``.
+
+  Returns:
+    The order of each step, a list of ``steps`` ints.
+  """
   orders = [min(order, i + 1) for i in range(steps)]
   if lower_order_final and steps < LOWER_ORDER_FINAL_BELOW:
     orders = [min(k, steps - i) for i, k in enumerate(orders)]
@@ -75,7 +84,12 @@ def multistep_update(x, d0, d1, d2, lam, m_next, s_ratio, order):
       two previous ones; those the order does not use may hold anything finite).
     lam: ``(lambda_{-2}, lambda_{-1}, lambda_0, lambda_next)``, a length-4 array; entries the
       order does not use are ignored.
-    m_next: ``m`` at the target time; s_ratio: ``s_next / s_0``.
+    m_next: ``m`` at the target time.
+    s_ratio: ``s_next / s_0``.
+    order: ``k``, 1 to 3, a Python or traced int.
+
+  Returns:
+    ``x_next``, the state at ``lambda_next``, shape of ``x``.
   """
   h, h1, h2 = lam[3] - lam[2], lam[2] - lam[1], lam[1] - lam[0]
   safe = lambda a: jnp.where(a > 0, a, 1.0)

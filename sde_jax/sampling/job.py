@@ -30,6 +30,9 @@ def sample(config, workdir: str, num_samples: int) -> str:
 
   Returns:
     The path of ``samples.npz``.
+
+  Raises:
+    ValueError: if ``num_samples < 1``.
   """
   if num_samples < 1:
     raise ValueError(f'num_samples={num_samples} must be positive.')

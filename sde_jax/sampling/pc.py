@@ -41,14 +41,35 @@ def check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def lookup(table: Mapping[str, Callable], name: str, what: str) -> Callable:
-  """``table[name]``, or a ValueError that names the bad value and the valid choices."""
+  """``table[name]``, or a ValueError that names the bad value and the valid choices.
+
+  Args:
+    table: name -> factory (e.g. :data:`PREDICTORS`).
+    name: the key to look up.
+    what: the option's name for the message, e.g. ``'predictor'`` or ``'sampling.method'``.
+
+  Returns:
+    ``table[name]``.
+
+  Raises:
+    ValueError: if ``name`` is not in ``table``.
+  """
   if name not in table:
     raise ValueError(f'{what}={name!r} is not known; expected one of {sorted(table)}.')
   return table[name]
 
 
 def prior_sample(sde: SDE, keys: Array, shape: tuple[int, ...]) -> Array:
-  """Draws ``x_T ~ p_T`` of ``shape``, example i from ``fold_in(keys[i], PRIOR)``."""
+  """Draws ``x_T ~ p_T`` of ``shape``, example i from ``fold_in(keys[i], PRIOR)``.
+
+  Args:
+    sde: the forward SDE; its ``prior_sampling`` draws each example.
+    keys: per-example keys ``k_i`` (:func:`sde_jax.rng.per_example_keys`), shape (B,).
+    shape: ``(B, ...)``, the batch shape; each example has shape ``shape[1:]``.
+
+  Returns:
+    Prior samples in model space, shape ``shape`` (float32).
+  """
   keys = rng.fold_in_all(keys, rng.PRIOR)
   return jax.vmap(lambda k: sde.prior_sampling(k, shape[1:]))(keys)
 
@@ -58,6 +79,19 @@ def pc_steps(sde: SDE, shape: tuple[int, ...], predictor: str, corrector: str, s
   """The checked ``shape`` and the predictor and corrector of a PC sampler (this one and the
   conditional ones of :mod:`sde_jax.controllable`); warns about the per-example Langevin rule on
   low-dimensional data, at the sampler factory's caller.
+
+  Args:
+    sde: the forward SDE.
+    shape: ``(B, ...)``, the shape of one batch of samples.
+    predictor: a name in :data:`PREDICTORS`.
+    corrector: a name in :data:`CORRECTORS`.
+    snr: signal-to-noise ratio of the Langevin correctors.
+    n_steps: corrector steps per time step.
+    probability_flow: predict with the probability-flow ODE instead of the reverse SDE.
+
+  Returns:
+    ``(shape, predictor, corrector)``: ``shape`` as a tuple of ints and the
+    :class:`~sde_jax.sampling.predictors.SamplerStep` of each (update and score evaluations).
 
   Raises:
     ValueError: for unknown names, a predictor undefined for ``sde``, no predictor and no

@@ -46,6 +46,14 @@ def time_at_log_snr(sde: SDE, lam: Array, eps: float) -> Array:
   """The ``t`` in ``[eps, T]`` with ``lambda(t) = lam`` (elementwise, by bisection).
 
   Targets outside ``[lambda(T), lambda(eps)]`` give the nearer end of the interval.
+
+  Args:
+    sde: the forward SDE (``lambda`` decreasing in t).
+    lam: target half log-SNRs, any shape, a float dtype.
+    eps: the lower end of the search interval ``[eps, T]``.
+
+  Returns:
+    Times of the shape and dtype of ``lam``, after 48 bisection steps.
   """
   lam = jnp.asarray(lam)
   lo = jnp.full(lam.shape, eps, lam.dtype)
@@ -66,6 +74,18 @@ def time_grid(sde: SDE, schedule: str, n: int, eps: float) -> Array:
 
   ``'logsnr'``: uniform in ``lambda(t)`` (for VE uniform in t, since log sigma is linear in t);
   ``'time_uniform'``: uniform in t; ``'time_quadratic'``: uniform in ``sqrt(t)``.
+
+  Args:
+    sde: the forward SDE; gives ``T`` and, for ``'logsnr'``, ``lambda(t)``.
+    schedule: one of :data:`TIME_SCHEDULES`.
+    n: the number of steps.
+    eps: the last time.
+
+  Returns:
+    The decreasing times, shape (n + 1,), float32.
+
+  Raises:
+    ValueError: for an unknown ``schedule``.
   """
   frac = jnp.linspace(0.0, 1.0, n + 1)
   if schedule == 'logsnr':
@@ -82,13 +102,34 @@ def time_grid(sde: SDE, schedule: str, n: int, eps: float) -> Array:
 
 def karras_sigmas(sigma_max: Array, sigma_min: Array, n: int, rho: float) -> Array:
   """EDM's ``n + 1`` noise levels ``(sigma_max^(1/rho) + i / n (sigma_min^(1/rho) -
-  sigma_max^(1/rho)))^rho``, ``i = 0..n``: from sigma_max down to sigma_min."""
+  sigma_max^(1/rho)))^rho``, ``i = 0..n``: from sigma_max down to sigma_min.
+
+  Args:
+    sigma_max: the first (largest) level, EDM's ``sigma(T)``; a scalar.
+    sigma_min: the last (smallest) level, ``sigma(eps)``; a scalar.
+    n: the number of steps.
+    rho: the grid's exponent (EDM: 7, denser near ``sigma_min``); 1 gives a uniform grid.
+
+  Returns:
+    The levels, shape (n + 1,).
+  """
   frac = jnp.linspace(0.0, 1.0, n + 1)
   inv = 1.0 / rho
   return (sigma_max**inv + frac * (sigma_min**inv - sigma_max**inv))**rho
 
 
 def data_prediction(sde: SDE, score_fn: ScoreFn, x: Array, t: Array) -> Array:
-  """Tweedie's ``D(x, t) = (x + s(t)^2 score(x, t)) / m(t)`` for ``t`` of shape (B,)."""
+  """Tweedie's ``D(x, t) = (x + s(t)^2 score(x, t)) / m(t)`` for ``t`` of shape (B,).
+
+  Args:
+    sde: the forward SDE; gives ``m(t)`` and ``s(t)``.
+    score_fn: ``(x, t) -> score`` with the params bound, of the shape of ``x``.
+    x: the noisy state ``x_t`` in model space, shape (B, ...).
+    t: the times, shape (B,).
+
+  Returns:
+    The posterior mean ``E[x_0 | x_t = x]`` in model space, shape of ``x``; one score
+    evaluation.
+  """
   m, s = scale_std(sde, t)
   return batch_mul(1.0 / m, x + batch_mul(s**2, score_fn(x, t)))

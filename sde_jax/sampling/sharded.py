@@ -35,6 +35,15 @@ def sharded_sampler(config, score_model, batch: int, mesh):
 
 
 def sample_batch_size(config, num_samples: int, mesh) -> int:
-  """``eval.batch_size`` (at most ``num_samples``) rounded up to a multiple of the devices."""
+  """``eval.batch_size`` (at most ``num_samples``) rounded up to a multiple of the devices.
+
+  Args:
+    config: a config with ``eval.batch_size``.
+    num_samples: the number of samples the job draws in all.
+    mesh: the device mesh; its ``size`` is the device count.
+
+  Returns:
+    The global batch size of one sampler call, a positive multiple of ``mesh.size``.
+  """
   batch = min(int(config.eval.batch_size), num_samples)
   return -(-batch // mesh.size) * mesh.size
