@@ -17,12 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-SOLVERS = {'rk45': None, 'dopri5': diffrax.Dopri5, 'tsit5': diffrax.Tsit5}
-# Evaluations of the vector field per attempted step. Both solvers are first-same-as-last: of
-# their 7 stages the first reuses the last evaluation of the previous accepted step.
-_EVALS_PER_STEP = {'dopri5': 6, 'tsit5': 6}
-
-
 def integrate(vector_field: Callable[[jax.Array, Any], Any], y0: Any, t0: float, t1: float, *,
               rtol: float = 1e-5, atol: float = 1e-5, solver: str = 'rk45',
               max_steps: int = 16384) -> tuple[Any, jax.Array]:
@@ -47,17 +41,33 @@ def integrate(vector_field: Callable[[jax.Array, Any], Any], y0: Any, t0: float,
   """
   if solver not in SOLVERS:
     raise ValueError(f'solver={solver!r} is not known; expected one of {sorted(SOLVERS)}.')
-  if solver == 'rk45':
-    return rk45(vector_field, y0, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps)
-  term = diffrax.ODETerm(lambda t, y, args: vector_field(t, y))
-  sol = diffrax.diffeqsolve(
-      term, SOLVERS[solver](), t0=t0, t1=t1, dt0=None, y0=y0,
-      stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-      max_steps=max_steps, saveat=diffrax.SaveAt(t1=True))
-  y1 = jax.tree_util.tree_map(lambda a: a[-1], sol.ys)
-  # The initial step-size selection evaluates once at t0; that value is the first stage too.
-  nfe = _EVALS_PER_STEP[solver] * sol.stats['num_steps'] + _INIT_EVALS
-  return y1, jnp.asarray(nfe, jnp.int32)
+  return SOLVERS[solver](vector_field, y0, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps)
+
+
+def diffrax_solver(solver_cls, evals_per_step: int) -> Callable:
+  """``solve(vector_field, y0, t0, t1, *, rtol, atol, max_steps) -> (y1, nfe)`` with a diffrax
+  solver under its PID step-size controller.
+
+  Args:
+    solver_cls: a diffrax solver class (``diffrax.Dopri5``, ``diffrax.Tsit5``).
+    evals_per_step: its vector-field evaluations per attempted step (6 for the first-same-as-last
+      pairs: of their 7 stages the first reuses the last evaluation of the previous step).
+
+  Returns:
+    The solve function, with :func:`integrate`'s arguments.
+  """
+  def solve(vector_field, y0, t0, t1, *, rtol, atol, max_steps):
+    term = diffrax.ODETerm(lambda t, y, args: vector_field(t, y))
+    sol = diffrax.diffeqsolve(
+        term, solver_cls(), t0=t0, t1=t1, dt0=None, y0=y0,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True))
+    y1 = jax.tree_util.tree_map(lambda a: a[-1], sol.ys)
+    # The initial step-size selection evaluates once at t0; that value is the first stage too.
+    nfe = evals_per_step * sol.stats['num_steps'] + _INIT_EVALS
+    return y1, jnp.asarray(nfe, jnp.int32)
+
+  return solve
 
 
 _INIT_EVALS = 1
@@ -171,3 +181,8 @@ def rk45(vector_field, y0, t0: float, t1: float, *, rtol: float = 1e-5, atol: fl
                     f'rk45: max_steps={max_steps} attempts did not reach t1; raise max_steps or '
                     'the tolerances.')
   return unravel(y1), 2 + 6 * final.attempts
+
+
+# The solvers by name: scipy's RK45 as the original code uses it, and two diffrax pairs.
+SOLVERS = {'rk45': rk45, 'dopri5': diffrax_solver(diffrax.Dopri5, 6),
+           'tsit5': diffrax_solver(diffrax.Tsit5, 6)}
