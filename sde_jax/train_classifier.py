@@ -2,9 +2,9 @@
 
 ``sde-jax train-classifier --config CONFIG --workdir DIR`` trains ``config.classifier`` on noisy
 data of the config's own SDE: ``x_t = m(t) x_0 + s(t) z`` with ``t ~ U[eps, T]``, fed with the
-noise level :func:`sde_jax.controllable.classifier_noise_level` (``s / m``) that class-conditional
-sampling feeds it too. (The original trained on VE noise only and fed a VP model's ``s(t)`` to
-that classifier.)
+noise level :func:`sde_jax.models.classifier.classifier_noise_level` (``s / m``) that
+class-conditional sampling feeds it too. (The original trained on VE noise only and fed a VP
+model's ``s(t)`` to that classifier.)
 
 The job reuses the score-model trainer's pieces (:mod:`sde_jax.train`): the sharded
 ``TrainState``, Adam with warm-up, clipping and EMA, ``n_jitted_steps`` steps per compiled call,
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,14 +24,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from sde_jax import checkpoints, controllable, parallel, rng, train
+from sde_jax import checkpoints, parallel, rng, train
 from sde_jax import data as data_lib
 from sde_jax import sde as sde_lib
+# restore_classifier: re-exported, the trained classifier's reader lives with its users.
+from sde_jax.controllable.classifier_checkpoint import SUBDIR, restore_classifier  # noqa: F401
 from sde_jax.models import classifier as classifier_lib
 from sde_jax.sde import batch_mul
 
 Array = jax.Array
-SUBDIR = 'classifier'
 EVAL_TIMES = (0.0, 0.25, 0.5, 0.75, 1.0)  # accuracy is reported at these t (0 means eps)
 
 
@@ -56,7 +56,7 @@ def classifier_loss_fn(sde: sde_lib.SDE, classifier, scaler, eps: float = 1e-5):
     k_t, k_z = jax.random.split(key)
     b = x0.shape[0]
     t = rng.uniform(rng.per_example_keys(k_t, b), (b,)) * (sde.T - eps) + eps
-    level = controllable.classifier_noise_level(sde, t)
+    level = classifier_lib.classifier_noise_level(sde, t)
     logits = classifier.apply({'params': params}, _perturb(sde, x0, t, k_z), level, train=True)
     logp = jax.nn.log_softmax(logits, axis=-1)
     losses = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
@@ -77,7 +77,7 @@ def make_accuracy_fn(sde: sde_lib.SDE, classifier, scaler, t_min: float):
     x0 = scaler(batch['image'])
     t = jnp.full(x0.shape[:1], t)
     logits = classifier.apply({'params': params}, _perturb(sde, x0, t, key),
-                              controllable.classifier_noise_level(sde, t), train=False)
+                              classifier_lib.classifier_noise_level(sde, t), train=False)
     hits = (jnp.argmax(logits, axis=-1) == batch['label']) & batch['mask']
     return jnp.sum(hits), jnp.sum(batch['mask'])
 
@@ -169,19 +169,3 @@ def train_classifier(config, workdir: str) -> train.TrainState:
 
   return train.run_steps(state, step, last, tc, train_step, batches, manager, log, meta,
                          after_step=evaluate)
-
-
-def restore_classifier(config, workdir: str, step: int | None = None) -> tuple[Any, Any, int]:
-  """The classifier module, its EMA parameters from ``workdir/classifier``, and their step.
-
-  Raises:
-    FileNotFoundError: if ``workdir`` holds no classifier checkpoint (train one first).
-  """
-  job = _job(config)
-  target = checkpoints.on_one_device(job.abstract_params())
-  try:
-    params, step = checkpoints.restore_params(os.path.join(workdir, SUBDIR), target, step=step)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f'{e} Train a classifier first: sde-jax train-classifier --config '
-                            f'... --workdir {workdir}') from e
-  return job.model, params, step
