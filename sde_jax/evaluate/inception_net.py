@@ -39,7 +39,16 @@ class Inception:
 
   def features(self, local_images: np.ndarray, batch_size: int, mesh) -> dict[str, np.ndarray]:
     """``pool_3`` and ``logits`` of this process's uint8 images, over all processes
-    (:func:`sde_jax.metrics.fid.extract_features`)."""
+    (:func:`sde_jax.metrics.fid.extract_features`).
+
+    Args:
+      local_images: this process's uint8 images (n, H, W, C), n the same on every process.
+      batch_size: the global batch.
+      mesh: the job's mesh.
+
+    Returns:
+      ``{'pool_3', 'logits'}`` of the images of every process, in order.
+    """
     return fid.extract_features(self.apply_fn, self.params, local_images, batch_size, mesh)
 
 

@@ -94,7 +94,13 @@ def sample_metrics(ckpt: Checkpoint, rounds: int, num_samples: int,
 
 
 def write_grid(ckpt: Checkpoint, rounds: int, count: int) -> None:
-  """``grid.png``: the first ``count`` samples."""
+  """``grid.png``: the first ``count`` samples.
+
+  Args:
+    ckpt: the checkpoint, whose folder holds the rounds' samples.
+    rounds: how many rounds there are.
+    count: how many samples the grid shows.
+  """
   images = []
   for r in range(rounds):
     images.append(workdir_lib.load_npz(ckpt.path(f'samples_{r}.npz'))['samples'])
