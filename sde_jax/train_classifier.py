@@ -2,9 +2,9 @@
 
 ``sde-jax train-classifier --config CONFIG --workdir DIR`` trains ``config.classifier`` on noisy
 data of the config's own SDE: ``x_t = m(t) x_0 + s(t) z`` with ``t ~ U[eps, T]``, fed with the
-noise level :func:`sde_jax.controllable.classifier_noise_level` (``s / m``) that class-conditional
-sampling feeds it too. (The original trained on VE noise only and fed a VP model's ``s(t)`` to
-that classifier.)
+noise level :func:`sde_jax.models.classifier.classifier_noise_level` (``s / m``) that
+class-conditional sampling feeds it too. (The original trained on VE noise only and fed a VP
+model's ``s(t)`` to that classifier.)
 
 The job reuses the score-model trainer's pieces (:mod:`sde_jax.train`): the sharded
 ``TrainState``, Adam with warm-up, clipping and EMA, ``n_jitted_steps`` steps per compiled call,
@@ -17,22 +17,22 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from sde_jax import checkpoints, controllable, parallel, rng, train
+from sde_jax import checkpoints, parallel, rng, train
 from sde_jax import data as data_lib
 from sde_jax import sde as sde_lib
+# restore_classifier: re-exported, the trained classifier's reader lives with its users.
+from sde_jax.controllable.classifier_checkpoint import SUBDIR, restore_classifier  # noqa: F401
 from sde_jax.models import classifier as classifier_lib
 from sde_jax.score_model import ScoreModel
 from sde_jax.sde import batch_mul
 
 Array = jax.Array
-SUBDIR = 'classifier'
 EVAL_TIMES = (0.0, 0.25, 0.5, 0.75, 1.0)  # accuracy is reported at these t (0 means eps)
 
 
@@ -56,7 +56,7 @@ def classifier_loss_fn(sde: sde_lib.SDE, classifier, scaler, eps: float = 1e-5):
     k_t, k_z = jax.random.split(key)
     b = x0.shape[0]
     t = rng.uniform(rng.per_example_keys(k_t, b), (b,)) * (sde.T - eps) + eps
-    level = controllable.classifier_noise_level(sde, t)
+    level = classifier_lib.classifier_noise_level(sde, t)
     logits = classifier.apply({'params': params}, _perturb(sde, x0, t, k_z), level, train=True)
     logp = jax.nn.log_softmax(logits, axis=-1)
     losses = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
@@ -77,7 +77,7 @@ def make_accuracy_fn(sde: sde_lib.SDE, classifier, scaler, t_min: float):
     x0 = scaler(batch['image'])
     t = jnp.full(x0.shape[:1], t)
     logits = classifier.apply({'params': params}, _perturb(sde, x0, t, key),
-                              controllable.classifier_noise_level(sde, t), train=False)
+                              classifier_lib.classifier_noise_level(sde, t), train=False)
     hits = (jnp.argmax(logits, axis=-1) == batch['label']) & batch['mask']
     return jnp.sum(hits), jnp.sum(batch['mask'])
 
@@ -85,11 +85,6 @@ def make_accuracy_fn(sde: sde_lib.SDE, classifier, scaler, t_min: float):
     return jax.vmap(lambda t: at_time(params, key, batch, t))(times)
 
   return jax.jit(accuracy)
-
-
-def _job(config) -> ScoreModel:
-  """The config's SDE, scalers and image shape with the classifier as the network."""
-  return ScoreModel.from_config(config, model=classifier_lib.get_classifier(config))
 
 
 def evaluate_accuracy(config, accuracy, params, per_process: int, mesh,
@@ -123,7 +118,7 @@ def train_classifier(config, workdir: str) -> train.TrainState:
   mesh = parallel.make_mesh(config.parallel.fsdp)
   per_process = parallel.check_batch_size(c.training.batch_size, mesh)
   last = train.final_step(c.training)
-  job = _job(config)
+  job = ScoreModel.from_config(config, model=classifier_lib.get_classifier(config))
   directory = os.path.join(workdir, SUBDIR)
   accuracy = make_accuracy_fn(job.sde, job.model, job.scaler, float(c.training.eps))
 
@@ -144,19 +139,3 @@ def train_classifier(config, workdir: str) -> train.TrainState:
       meta={'sde': config.training.sde, 'config': json.loads(config.to_json_best_effort())})
   logging.info('Training the classifier on noisy data of the %s.', config.training.sde)
   return train.fit(config, trainer, directory, mesh)
-
-
-def restore_classifier(config, workdir: str, step: int | None = None) -> tuple[Any, Any, int]:
-  """The classifier module, its EMA parameters from ``workdir/classifier``, and their step.
-
-  Raises:
-    FileNotFoundError: if ``workdir`` holds no classifier checkpoint (train one first).
-  """
-  job = _job(config)
-  try:
-    params, step = checkpoints.restore_ema(os.path.join(workdir, SUBDIR), job.abstract_params(),
-                                           step=step)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f'{e} Train a classifier first: sde-jax train-classifier --config '
-                            f'... --workdir {workdir}') from e
-  return job.model, params, step

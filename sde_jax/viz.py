@@ -1,5 +1,5 @@
-"""Pictures people look at, as PNG (no plotting library needed): scatter plots of 2-D samples
-and grids of images."""
+"""Pictures people look at, as PNG (no plotting library needed): scatter plots of 2-D samples,
+grids of images, and rows of images side by side (enlarged)."""
 
 from __future__ import annotations
 
@@ -88,3 +88,21 @@ def image_grid_png(path: str, images_uint8_nhwc: np.ndarray, ncol: int | None = 
                      f'{images.shape}.')
   grid = image_grid(images, ncol)
   Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+
+
+def zoom(images: np.ndarray, factor: int | None = None) -> np.ndarray:
+  """Nearest-neighbour enlargement of (N, H, W, C) images by ``factor`` (default: to at least
+  64 pixels high), so that 16 px digits are visible in a grid."""
+  images = np.asarray(images)
+  factor = factor or max(1, -(-64 // images.shape[1]))
+  return np.repeat(np.repeat(images, factor, axis=1), factor, axis=2)
+
+
+def write_rows_png(path: str, *columns: np.ndarray) -> None:
+  """Writes one row per example, ``columns`` side by side (uint8 (N, H, W, C) each; 1-channel
+  columns are shown in gray next to 3-channel ones), enlarged by :func:`zoom`."""
+  columns = [zoom(c) for c in columns]
+  if max(c.shape[-1] for c in columns) == 3:
+    columns = [np.repeat(c, 3, axis=-1) if c.shape[-1] == 1 else c for c in columns]
+  rows = np.stack(columns, axis=1).reshape((-1,) + columns[0].shape[1:])
+  image_grid_png(path, rows, ncol=len(columns))

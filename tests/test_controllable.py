@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sde_jax import controllable, rng, sampling
+from sde_jax import controllable, images, rng, sampling
 from sde_jax import sde as sde_lib
 from sde_jax.sampling import pc
 from tests import gaussian
@@ -563,7 +563,7 @@ def test_commands(tmp_path):
   run_ok('colorize', *TINY_FLAGS, workdir, f'--folder={folder}', '--num_images=1')
   out = np.load(tmp_path / 'controllable' / 'colorize-replacement.npz')
   assert out['result'].shape == (1, 8, 8, 3) and out['result'].dtype == np.uint8
-  np.testing.assert_array_equal(out['gray'], controllable.gray_images(out['images']))
+  np.testing.assert_array_equal(out['gray'], images.gray_images(out['images']))
   stdout = run_ok('sample', *TINY_FLAGS, workdir, '--class=7', '--num_samples=2')
   assert np.load(tmp_path / 'controllable' / 'class-7.npz')['samples'].shape == (2, 8, 8, 3)
   assert 'Wrote 2 samples of class 7' in stdout

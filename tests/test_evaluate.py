@@ -26,6 +26,8 @@ import numpy as np
 import pytest
 
 from sde_jax import checkpoints, evaluate, reproduce
+from sde_jax import workdir as workdir_lib
+from sde_jax.evaluate import checkpoint_index
 from sde_jax.metrics import fid, inception
 from tests.helpers import parse_flags, subprocess_env
 
@@ -275,11 +277,11 @@ def test_waits_for_a_checkpoint_that_arrives(tmp_path, monkeypatch):
     shutil.copy(CHECKPOINT, tmp_path / 'checkpoint_7')
     imported_workdir(workdir, tmp_path / 'checkpoint_7')
 
-  monkeypatch.setattr(evaluate.time, 'sleep', arrive)
+  monkeypatch.setattr(checkpoint_index.time, 'sleep', arrive)
   try:
     assert index.numbers() == {}
     assert index.wait_for(7) == (50000, str(tmp_path / 'checkpoint_7'))
-    assert sleeps == [evaluate.WAIT_SECONDS]
+    assert sleeps == [checkpoint_index.WAIT_SECONDS]
   finally:
     index.close()
 
@@ -350,7 +352,7 @@ def test_compare_command(tmp_path, reference):
 
 
 def _block_at_round_1():
-  save_npz = evaluate.save_npz
+  save_npz = workdir_lib.save_npz
 
   def blocking(path, **arrays):
     if os.path.basename(path) == 'samples_1.npz':
@@ -360,7 +362,7 @@ def _block_at_round_1():
       time.sleep(3600)
     save_npz(path, **arrays)
 
-  evaluate.save_npz = blocking
+  workdir_lib.save_npz = blocking
 
 
 def _worker(mode, argv):

@@ -8,8 +8,8 @@ blocks per group, widths ``16 k, 32 k, 64 k``: WRN-28-10 is ``b = 4, k = 10``.
 
 Submodule class names and explicit names (``init_conv``, ``init_bn``, ``conv1``, ``bn_2``,
 ``conv2``, ``pre-pool-bn``) follow the original, so parameter paths equal those of its
-checkpoints. The input ``noise_level`` is whatever the caller's SDE calls a noise level; see
-:func:`sde_jax.controllable.classifier_noise_level`.
+checkpoints. The input ``noise_level`` is :func:`classifier_noise_level` of the caller's SDE, in
+training (:mod:`sde_jax.train_classifier`) and in sampling (:mod:`sde_jax.controllable`) alike.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sde_jax.models.layers import GaussianFourierProjection
+from sde_jax.sde import SDE
 
 Array = jax.Array
 
@@ -156,3 +157,14 @@ def get_classifier(config) -> nn.Module:
     raise ValueError(f'config.classifier.name={name!r} is not a known classifier; expected one '
                      f'of {sorted(CLASSIFIERS)}.')
   return CLASSIFIERS[name](config)
+
+
+def classifier_noise_level(sde: SDE, t: Array) -> Array:
+  """The noise level a classifier sees: ``s(t) / m(t)``, shape (B,).
+
+  ``x_t / m(t) = x_0 + (s / m) z``, so this is the VE sigma that gives the same
+  signal-to-noise ratio: ``sigma(t)`` itself for VE, ``sqrt(1 - m^2) / m`` for VP. Training
+  (:mod:`sde_jax.train_classifier`) and sampling both use this function.
+  """
+  scale, std = sde.marginal_prob(jnp.ones_like(t), t)
+  return std / scale

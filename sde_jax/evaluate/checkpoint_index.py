@@ -1,0 +1,143 @@
+"""Checkpoints by the original's numbers: which stored step of ``workdir/checkpoints`` is
+checkpoint ``N``, waiting for those that do not exist yet, and the one under evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+import time
+from typing import Any, Callable
+
+import jax
+from absl import logging
+
+from sde_jax import checkpoints
+from sde_jax import workdir as workdir_lib
+
+# Seconds between two looks for a checkpoint that does not exist yet (the original's 60).
+WAIT_SECONDS = 60
+
+_ORIGINAL_NAME = re.compile(r'checkpoint_(\d+)(\.pth)?$')
+
+
+def checkpoint_number(step: int, meta: dict, snapshot_freq: int) -> int:
+  """The original's number of the checkpoint stored as ``step``.
+
+  An imported checkpoint whose source file is named ``checkpoint_N`` (score_sde) or
+  ``checkpoint_N.pth`` (score_sde_pytorch) is number ``N``: the original saved checkpoint ``N``
+  at step ``N * snapshot_freq`` but stored a step a little past it. Any other checkpoint is
+  number ``step // snapshot_freq``.
+
+  Args:
+    step: the stored step.
+    meta: the checkpoint's ``meta`` item (its ``source``).
+    snapshot_freq: ``training.snapshot_freq``.
+
+  Returns:
+    The checkpoint's number.
+  """
+  source = str(meta.get('source', ''))
+  match = _ORIGINAL_NAME.search(os.path.basename(source)) if os.path.isabs(source) else None
+  return int(match.group(1)) if match else step // snapshot_freq
+
+
+class CheckpointIndex:
+  """Read-only view of ``workdir/checkpoints``: which stored step is checkpoint ``N``.
+
+  The manager neither saves nor deletes anything (in particular it leaves the temporary
+  directories of a training job's save in progress alone).
+  """
+
+  def __init__(self, workdir: str, snapshot_freq: int):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.snapshot_freq = snapshot_freq
+    self.manager = None
+    self.meta: dict[int, dict] = {}
+
+  def _manager(self):
+    if self.manager is None and os.path.isdir(self.directory):
+      import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+      self.manager = ocp.CheckpointManager(
+          self.directory, item_names=checkpoints.ITEMS,
+          options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                               save_interval_steps=0))
+    return self.manager
+
+  def _meta(self, step: int) -> dict:
+    if step not in self.meta:
+      import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+      restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+      self.meta[step] = dict(restored['meta'])
+    return self.meta[step]
+
+  def numbers(self) -> dict[int, tuple[int, str]]:
+    """``{N: (step, source)}`` of the finished checkpoints now on disk; the smallest step where
+    several have one number (the snapshot, not a later preemption checkpoint)."""
+    manager = self._manager()
+    if manager is None:
+      return {}
+    manager.reload()
+    out: dict[int, tuple[int, str]] = {}
+    for step in sorted(manager.all_steps(), reverse=True):
+      meta = self._meta(step)
+      out[checkpoint_number(step, meta, self.snapshot_freq)] = (step, str(meta.get('source')))
+    return out
+
+  def wait_for(self, ckpt: int) -> tuple[int, str]:
+    """``(step, source)`` of checkpoint ``ckpt``, waiting until it exists."""
+    warned = False
+    while True:
+      found = self.numbers()
+      if ckpt in found:
+        return found[ckpt]
+      if not warned and jax.process_index() == 0:
+        logging.warning(
+            'Waiting for checkpoint %d (a step in [%d, %d) of %s, or one imported from '
+            'checkpoint_%d[.pth]); checkpoints there now: %s. Looking again every %d s.',
+            ckpt, ckpt * self.snapshot_freq, (ckpt + 1) * self.snapshot_freq, self.directory,
+            ckpt, {n: s for n, (s, _) in sorted(found.items())} or 'none', WAIT_SECONDS)
+        warned = True
+      time.sleep(WAIT_SECONDS)
+
+  def close(self) -> None:
+    if self.manager is not None:
+      self.manager.close()
+
+
+@dataclasses.dataclass
+class Checkpoint:
+  """One checkpoint under evaluation: its number, step, folder, and lazily restored params."""
+
+  number: int
+  step: int
+  source: str
+  directory: str
+  restore: Callable[[], Any]
+
+  @functools.cached_property
+  def params(self):
+    logging.info('Restoring checkpoint %d (step %d).', self.number, self.step)
+    return self.restore()
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.directory, name)
+
+
+def check_same_checkpoint(ckpt: Checkpoint) -> None:
+  """Records which stored step ``ckpt_<N>/`` is about (``checkpoint.json``), or checks it.
+
+  Raises:
+    ValueError: if the folder holds results of another step with the same number (e.g. after
+      another file was imported as checkpoint N).
+  """
+  path = ckpt.path('checkpoint.json')
+  recorded = workdir_lib.read_json(path)
+  if recorded and recorded['step'] != ckpt.step:
+    raise ValueError(f'{ckpt.directory} holds results of step {recorded["step"]} '
+                     f'({recorded["source"]}), but checkpoint {ckpt.number} is now step '
+                     f'{ckpt.step} ({ckpt.source}); evaluate into another --eval_folder.')
+  if not recorded and jax.process_index() == 0:
+    os.makedirs(ckpt.directory, exist_ok=True)
+    workdir_lib.write_json(path, {'step': ckpt.step, 'source': ckpt.source})
