@@ -174,13 +174,13 @@ def import_torch(path: str, template: Mapping[Path, Any], order: list[Path], lay
 
 def torch_layouts() -> dict[str, tuple[Layout, frozenset[str]]]:
   """Per model name: the PyTorch layout and the state_dict buffers that hold no parameter."""
-  from sde_jax.models import ddpm, ncsnv2  # pylint: disable=g-import-not-at-top
+  from sde_jax.models import ddpm, ncsnv2_torch_layout  # pylint: disable=g-import-not-at-top
 
   def by_template(torch_layout):
     return lambda order, keys: torch_layout(
         traverse_util.unflatten_dict({p: 0 for p in order}), keys)
 
-  ncsn = (by_template(ncsnv2.torch_layout), ncsnv2.TORCH_BUFFERS)
+  ncsn = (by_template(ncsnv2_torch_layout.torch_layout), ncsnv2_torch_layout.TORCH_BUFFERS)
   return {'ncsnpp': (all_modules_layout, frozenset({'sigmas'})),
           'ddpm': (all_modules_layout, ddpm.TORCH_BUFFERS),
           'ncsnv2_64': ncsn, 'ncsnv2_128': ncsn, 'ncsnv2_256': ncsn, 'ncsn': ncsn}
