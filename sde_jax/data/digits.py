@@ -75,7 +75,15 @@ def digits_arrays(image_size: int = 16, colored: bool = False):
 
 
 def digits_split(dataset: str, image_size: int, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """(images, labels) of the 'train' or 'eval' part of 'digits' or 'digits_rgb' (see
-  :func:`digits_arrays`)."""
+  """(images, labels) of the 'train' or 'eval' part of 'digits' or 'digits_rgb'.
+
+  Args:
+    dataset: 'digits' or 'digits_rgb'.
+    image_size: output height and width, at least 8.
+    split: 'train' or 'eval'.
+
+  Returns:
+    The arrays of :func:`digits_arrays` for that split (read-only, cached).
+  """
   x_train, y_train, x_eval, y_eval = digits_arrays(image_size, colored=dataset == 'digits_rgb')
   return (x_train, y_train) if split == 'train' else (x_eval, y_eval)

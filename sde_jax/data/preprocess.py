@@ -17,7 +17,16 @@ def to_float(image):
 
 
 def center_crop(image, height: Any, width: Any):
-  """The centred ``height`` x ``width`` window; the odd pixel goes to the bottom/right margin."""
+  """The centred ``height`` x ``width`` window; the odd pixel goes to the bottom/right margin.
+
+  Args:
+    image: (H, W, C), H >= height and W >= width.
+    height: the window's height (an int or a scalar tensor).
+    width: the window's width.
+
+  Returns:
+    (height, width, C).
+  """
   shape = load_tensorflow().shape(image)
   top, left = (shape[0] - height) // 2, (shape[1] - width) // 2
   return image[top:top + height, left:left + width]

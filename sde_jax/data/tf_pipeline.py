@@ -58,7 +58,16 @@ def _tf_epoch(source: Source, spec: PipelineSpec, epoch: int, offset: int) -> It
 
 
 def tf_train(source: Source, spec: PipelineSpec, start_step: int) -> Iterator[Batch]:
-  """Train batches, one seeded pipeline per epoch, from global step ``start_step``."""
+  """Train batches, one seeded pipeline per epoch, from global step ``start_step``.
+
+  Args:
+    source: the data set's records.
+    spec: the checked call.
+    start_step: the first global step (a resumed job's).
+
+  Returns:
+    Batches of ``spec.batch_size``, forever; each epoch drops its last partial batch.
+  """
   steps = steps_per_epoch(source.sizes(source.train_split)[0], spec)
   return epochs(functools.partial(_tf_epoch, source, spec), steps, spec.batch_size, start_step)
 

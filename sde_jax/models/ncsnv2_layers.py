@@ -33,7 +33,19 @@ def ncsn_conv(x: Array, features: int, kernel: int = 3, bias: bool = True, dilat
               init_scale: float = 1.0) -> Array:
   """A stride-1 'SAME' convolution (padding ``dilation`` for 3x3) with PyTorch's default
   initialisation, kernel and bias ``U(+-sqrt(init_scale / fan_in))``; created in the caller
-  (auto-named ``Conv_k``)."""
+  (auto-named ``Conv_k``).
+
+  Args:
+    x: NHWC input.
+    features: output channels.
+    kernel: kernel height and width.
+    bias: whether the convolution has a bias.
+    dilation: kernel dilation.
+    init_scale: the scale of the initialisation (0 is taken as 1e-10).
+
+  Returns:
+    NHWC, ``features`` channels, the spatial size of ``x``.
+  """
   init_scale = 1e-10 if init_scale == 0 else init_scale
   init = _torch_uniform(init_scale, kernel * kernel * x.shape[-1])
   return nn.Conv(features, kernel_size=(kernel, kernel), padding='SAME', use_bias=bias,
@@ -45,6 +57,14 @@ def resize_bilinear(x: Array, shape: Sequence[int], flavour: str) -> Array:
 
   'jax': ``jax.image.resize`` (half-pixel centres), as score_sde. 'pytorch': corner pixels
   aligned, ``src = dst (n_in - 1) / (n_out - 1)``, as ``F.interpolate(align_corners=True)``.
+
+  Args:
+    x: NHWC input.
+    shape: the output (height, width).
+    flavour: 'jax' or 'pytorch'.
+
+  Returns:
+    NHWC at ``shape``.
   """
   if flavour == 'jax':
     return jax.image.resize(x, (x.shape[0], *shape, x.shape[-1]), 'bilinear')
