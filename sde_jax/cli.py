@@ -76,7 +76,7 @@ def _colorize(config, workdir):
 
 
 def _train_classifier(config, workdir):
-  from sde_jax import train_classifier
+  from sde_jax.controllable import train_classifier
   train_classifier.train_classifier(config, workdir)
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from sde_jax import controllable, train_classifier
+from sde_jax import controllable
+from sde_jax.controllable import train_classifier
 from sde_jax import sde as sde_lib
 from sde_jax.models import classifier as classifier_lib
 from tests.helpers import load_config
@@ -167,7 +168,7 @@ def test_train_classifier_saves_and_restores(tmp_path):
   report = json.loads((directory / 'accuracy.json').read_text())
   assert report['step'] == 3 and set(report['accuracy']) == {'t=0', 't=0.25', 't=0.5', 't=0.75',
                                                                't=1'}
-  model, params, step = train_classifier.restore_classifier(config, str(tmp_path))
+  model, params, step = controllable.restore_classifier(config, str(tmp_path))
   assert step == 3 and isinstance(model, classifier_lib.WideResNet)
   chex.assert_trees_all_close(params, state.params_ema)
   assert int(state.step) == 3
@@ -178,4 +179,4 @@ def test_train_classifier_saves_and_restores(tmp_path):
 
 def test_restore_without_classifier_says_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError, match='train-classifier'):
-    train_classifier.restore_classifier(tiny_config(), str(tmp_path))
+    controllable.restore_classifier(tiny_config(), str(tmp_path))

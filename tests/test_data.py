@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from configs import default_celeba_configs, default_cifar10_configs, default_lsun_configs
 from sde_jax import data
+from sde_jax.data import preprocess
 
 NUM_MOCK = 10  # examples per split under tfds.testing.mock_data
 
@@ -148,9 +149,10 @@ def test_celeba_crop_window():
   """The central 140 x 140 window of a 218 x 178 image is rows 39-178 and columns 19-158."""
   inside = np.zeros((218, 178, 3), np.uint8)
   inside[39:179, 19:159] = 255
-  np.testing.assert_allclose(data._celeba(inside, 64).numpy(), 1.0, atol=1e-6)
-  np.testing.assert_allclose(data._celeba(255 - inside, 64).numpy(), 0.0, atol=1e-6)
-  assert data._celeba(inside, 64).shape == (64, 64, 3)
+  crop = preprocess.celeba_crop_resize
+  np.testing.assert_allclose(crop(inside, 64).numpy(), 1.0, atol=1e-6)
+  np.testing.assert_allclose(crop(255 - inside, 64).numpy(), 0.0, atol=1e-6)
+  assert crop(inside, 64).shape == (64, 64, 3)
 
 
 @pytest.mark.parametrize('hw', [(40, 60), (60, 40)])
@@ -158,7 +160,7 @@ def test_lsun_central_square_then_bicubic(hw):
   image = np.zeros((*hw, 3), np.uint8)
   side, (h, w) = min(hw), hw
   image[(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2] = 255
-  out = data._lsun(image, 96).numpy()
+  out = preprocess.lsun_crop_resize(image, 96).numpy()
   assert out.shape == (96, 96, 3)
   np.testing.assert_array_equal(out, 1.0)  # rounded, not truncated to 254
 
@@ -166,7 +168,7 @@ def test_lsun_central_square_then_bicubic(hw):
 def test_lsun_128_shorter_side_then_central_crop():
   image = np.zeros((200, 300, 3), np.uint8)
   image[:, 50:250] = 200  # the central square 200 x 200
-  out = data._lsun(image, 128).numpy()
+  out = preprocess.lsun_crop_resize(image, 128).numpy()
   assert out.shape == (128, 128, 3)
   np.testing.assert_allclose(out[:, 4:-4], 200 / 255, atol=1e-5)  # edges blend the margins
 

@@ -22,7 +22,7 @@ import torch
 from flax import traverse_util
 
 from sde_jax import checkpoints
-from sde_jax.models import ddpm, ncsnv2
+from sde_jax.models import ddpm, ncsnv2, ncsnv2_torch_layout
 
 DATA = pathlib.Path(__file__).parent / 'data'
 ARCH = ncsnv2.ARCHITECTURES
@@ -174,7 +174,7 @@ def test_torch_layout_refuses_what_pytorch_lacks():
   model = ncsnv2.NCSNv2(nf=4, normalization='InstanceNorm', **ARCH['ncsnv2_64'])
   x, labels = jnp.zeros((1, 16, 16, 3)), jnp.zeros((1,), jnp.int32)
   with pytest.raises(ValueError, match='InstanceNorm2d_0'):
-    ncsnv2.torch_layout(param_template(model, x, labels), [])
+    ncsnv2_torch_layout.torch_layout(param_template(model, x, labels), [])
 
 
 def test_bad_settings_are_rejected():

@@ -68,8 +68,9 @@ def _train_worker(argv):
   stream a single process would read, and any difference between runs comes from the parallel
   code alone.
   """
-  from sde_jax import cli, data
-  get_dataset = data.get_dataset
+  from sde_jax import cli
+  from sde_jax.data import pipeline
+  get_dataset = pipeline.get_dataset
 
   def rows_of_global_batches(config, split, *, batch_size, **kwargs):
     n, p = jax.process_count(), jax.process_index()
@@ -77,7 +78,7 @@ def _train_worker(argv):
     for batch in get_dataset(config, split, batch_size=batch_size * n, **kwargs):
       yield {k: v[p * batch_size:(p + 1) * batch_size] for k, v in batch.items()}
 
-  data.get_dataset = rows_of_global_batches
+  pipeline.get_dataset = rows_of_global_batches  # what the trainer's global batches read
   sys.argv = ['sde-jax', 'train', *argv]
   cli.main()
 

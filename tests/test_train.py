@@ -57,8 +57,9 @@ pytestmark = pytest.mark.usefixtures('compilation_cache')
 
 def patch_train_batches(monkeypatch, on_batch):
   """Calls ``on_batch(index, batch)`` on each train batch the job reads (index counts from the
-  job's start step); its return value replaces the batch."""
-  get_dataset = data_lib.get_dataset
+  job's start step); its return value replaces the batch. (The trainer reads its batches through
+  ``data.pipeline.get_dataset``.)"""
+  get_dataset = data_lib.pipeline.get_dataset
 
   def wrapped(config, split, **kwargs):
     batches = get_dataset(config, split, **kwargs)
@@ -67,7 +68,7 @@ def patch_train_batches(monkeypatch, on_batch):
     start = kwargs.get('start_step', 0)
     return (on_batch(start + i, batch) for i, batch in enumerate(batches))
 
-  monkeypatch.setattr(data_lib, 'get_dataset', wrapped)
+  monkeypatch.setattr(data_lib.pipeline, 'get_dataset', wrapped)
 
 
 def steps_on_disk(workdir):

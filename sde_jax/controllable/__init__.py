@@ -39,7 +39,8 @@ Modules: ``bases`` (the orthonormal bases), ``linear`` (the replacement rule and
 linear measurements), ``tweedie`` (the Tweedie-moment guidance), ``gmres`` (its solver),
 ``class_guidance`` (class-conditional sampling), ``factory`` (samplers by task, options from a
 config), ``masks`` (inpainting masks), ``classifier_checkpoint`` (the trained classifier),
-``jobs`` (``sde-jax inpaint | colorize | sample --class``).
+``train_classifier`` (``sde-jax train-classifier``), ``jobs`` (``sde-jax inpaint | colorize |
+sample --class``).
 """
 
 from sde_jax.controllable.bases import BASES, GRAY_MATRIX, Basis, gray_mask

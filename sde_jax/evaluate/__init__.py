@@ -24,7 +24,7 @@ Each file is written to a temporary name and renamed (:mod:`sde_jax.workdir`), s
 mid-write leaves either the whole file or none.
 
 Modules: ``settings`` (what the job reads from the config, and the folder's record of it),
-``checkpoint_index`` (checkpoint numbers, waiting), ``data_split`` (a whole split in order),
+``checkpoint_index`` (checkpoint numbers, waiting),
 ``programs`` (the compiled programs), ``loss``, ``bpd``, ``samples`` (the stages),
 ``inception_net`` (the Inception network and the data set's features), ``fid_stats``
 (``sde-jax fid-stats``), ``report`` (``report.md`` / ``report.json``), ``job`` (``sde-jax eval``).

@@ -11,8 +11,8 @@ import numpy as np
 
 from sde_jax import parallel
 from sde_jax import workdir as workdir_lib
+from sde_jax import data as data_lib
 from sde_jax.evaluate.checkpoint_index import Checkpoint
-from sde_jax.evaluate.data_split import split_batches
 from sde_jax.evaluate.programs import EvalPrograms
 from sde_jax.evaluate.progress import progress_bar
 from sde_jax.evaluate.settings import EvalSettings
@@ -42,7 +42,7 @@ def eval_bpd(ckpt: Checkpoint, programs: EvalPrograms, config, settings: EvalSet
   """
   split = 'eval' if settings.bpd_split == 'test' else 'train'
   per_process = programs.batch // jax.process_count()
-  n_batches, _ = split_batches(config, split, per_process)
+  n_batches, _ = data_lib.whole_split(config, split, per_process)
   total = n_batches * settings.bpd_repeats
   paths = [ckpt.path(f'bpd_{r}.npz') for r in range(total)]
   done = parallel.process_zero_view([os.path.exists(p) for p in paths])
@@ -54,7 +54,7 @@ def eval_bpd(ckpt: Checkpoint, programs: EvalPrograms, config, settings: EvalSet
         continue
       k_dequantize, k_probe = jax.random.split(jax.random.fold_in(key, repeat))
       # zip: the batches whose rounds are counted above, should a pipeline yield more.
-      for b, local in zip(range(n_batches), split_batches(config, split, per_process)[1]):
+      for b, local in zip(range(n_batches), data_lib.whole_split(config, split, per_process)[1]):
         if done[rounds[b]]:
           continue
         first = b * programs.batch

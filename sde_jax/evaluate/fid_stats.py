@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from sde_jax import images, parallel
 from sde_jax import workdir as workdir_lib
-from sde_jax.evaluate.data_split import split_batches
+from sde_jax import data as data_lib
 from sde_jax.evaluate.inception_net import load_inception
 from sde_jax.evaluate.settings import EvalSettings, round_size
 from sde_jax.metrics import fid
@@ -52,7 +52,7 @@ def dataset_stats(config, workdir: str) -> str:
   mesh = parallel.make_mesh(config.parallel.fsdp)
   net = load_inception(settings, mesh)
   batch = round_size(settings, mesh)
-  n_batches, batches = split_batches(config, 'train', batch // jax.process_count())
+  n_batches, batches = data_lib.whole_split(config, 'train', batch // jax.process_count())
   pools = []
   with tqdm(total=n_batches, unit='batch', desc='fid-stats',
             disable=jax.process_index() != 0) as bar:

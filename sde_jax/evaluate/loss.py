@@ -10,8 +10,8 @@ import numpy as np
 
 from sde_jax import parallel
 from sde_jax import workdir as workdir_lib
+from sde_jax import data as data_lib
 from sde_jax.evaluate.checkpoint_index import Checkpoint
-from sde_jax.evaluate.data_split import split_batches
 from sde_jax.evaluate.programs import EvalPrograms
 from sde_jax.evaluate.progress import progress_bar
 
@@ -35,7 +35,7 @@ def eval_loss(ckpt: Checkpoint, programs: EvalPrograms, config, key: Array) -> d
   """
   path = ckpt.path('loss.npz')
   if not parallel.process_zero_view([os.path.exists(path)])[0]:
-    n_batches, batches = split_batches(config, 'eval', programs.batch // jax.process_count(),
+    n_batches, batches = data_lib.whole_split(config, 'eval', programs.batch // jax.process_count(),
                                        dequantize=None)
     losses = []
     with progress_bar(n_batches, 0, 'batch', f'ckpt {ckpt.number} loss') as bar:

@@ -9,7 +9,7 @@ blocks per group, widths ``16 k, 32 k, 64 k``: WRN-28-10 is ``b = 4, k = 10``.
 Submodule class names and explicit names (``init_conv``, ``init_bn``, ``conv1``, ``bn_2``,
 ``conv2``, ``pre-pool-bn``) follow the original, so parameter paths equal those of its
 checkpoints. The input ``noise_level`` is :func:`classifier_noise_level` of the caller's SDE, in
-training (:mod:`sde_jax.train_classifier`) and in sampling (:mod:`sde_jax.controllable`) alike.
+training (:mod:`sde_jax.controllable.train_classifier`) and in sampling (:mod:`sde_jax.controllable`) alike.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def classifier_noise_level(sde: SDE, t: Array) -> Array:
 
   ``x_t / m(t) = x_0 + (s / m) z``, so this is the VE sigma that gives the same
   signal-to-noise ratio: ``sigma(t)`` itself for VE, ``sqrt(1 - m^2) / m`` for VP. Training
-  (:mod:`sde_jax.train_classifier`) and sampling both use this function.
+  (:mod:`sde_jax.controllable.train_classifier`) and sampling both use this function.
   """
   scale, std = sde.marginal_prob(jnp.ones_like(t), t)
   return std / scale

@@ -17,7 +17,7 @@ from sde_jax.sampling import sharded
 from sde_jax.score_model import ScoreModel
 from sde_jax.train import loop
 from sde_jax.train import state as state_lib
-from sde_jax.train import _batches_tmp as global_batches  # TODO(merge)
+from sde_jax.data import global_batches
 
 SAMPLES_DIR = 'samples'
 

@@ -19,7 +19,7 @@ import jax
 from absl import logging
 
 from sde_jax import checkpoints, parallel
-from sde_jax.train import _batches_tmp as global_batches  # TODO(merge)
+from sde_jax.data import global_batches
 from sde_jax.train import resume
 from sde_jax.train import state as state_lib
 from sde_jax.train.metric_log import MetricLog

@@ -26,8 +26,7 @@ from absl import logging
 from sde_jax import checkpoints, parallel, rng, train
 from sde_jax import data as data_lib
 from sde_jax import sde as sde_lib
-# restore_classifier: re-exported, the trained classifier's reader lives with its users.
-from sde_jax.controllable.classifier_checkpoint import SUBDIR, restore_classifier  # noqa: F401
+from sde_jax.controllable.classifier_checkpoint import SUBDIR
 from sde_jax.models import classifier as classifier_lib
 from sde_jax.score_model import ScoreModel
 from sde_jax.sde import batch_mul

@@ -1,11 +1,15 @@
-"""TEMPORARY (merge): global batches until data/global_batches.py lands."""
+"""Global-array batches for jitted programs over a mesh: stacked train batches (one compiled call
+runs several steps) and the eval split, each process reading only its own part."""
+
 from __future__ import annotations
+
 from typing import Iterator
+
 import jax
 import numpy as np
+
 from sde_jax import parallel
-from sde_jax import data as data_lib
-Array = jax.Array
+from sde_jax.data import pipeline
 
 
 def stacked_batches(config, per_process: int, n_steps: int, start_step: int, mesh,
@@ -15,8 +19,19 @@ def stacked_batches(config, per_process: int, n_steps: int, start_step: int, mes
 
   Each process reads its own part of each batch; batch ``s`` is the same whether the job started
   at 0 or resumed at ``s``.
+
+  Args:
+    config: the job's config (``data.*``; ``seed`` seeds the stream).
+    per_process: examples per batch of this process.
+    n_steps: batches stacked into one item.
+    start_step: the first global step (a resumed job's).
+    mesh: the device mesh; the batch axis is split over all of it.
+    keys: the batch entries to keep ('image', 'label').
+
+  Returns:
+    The stacked global batches, forever.
   """
-  it = data_lib.get_dataset(config, 'train', batch_size=per_process, seed=config.seed,
+  it = pipeline.get_dataset(config, 'train', batch_size=per_process, seed=config.seed,
                             start_step=start_step)
   sharding = parallel.steps_sharding(mesh)
   while True:
@@ -25,15 +40,18 @@ def stacked_batches(config, per_process: int, n_steps: int, start_step: int, mes
            for k in keys}
 
 
-def train_batches(config, per_process: int, start_step: int, mesh) -> Iterator[Array]:
-  """The images of :func:`stacked_batches`, ``training.n_jitted_steps`` batches per item."""
-  return (batch['image'] for batch in stacked_batches(
-      config, per_process, config.training.n_jitted_steps, start_step, mesh))
-
-
 def eval_batches(config, per_process: int, mesh) -> Iterator[dict]:
   """Global batches ``{'image', 'mask'}`` of the eval split (mask: real, not padding examples);
-  starts over when the split ends."""
+  starts over when the split ends.
+
+  Args:
+    config: the job's config (``data.*``; ``seed`` seeds the dequantization noise).
+    per_process: examples per batch of this process.
+    mesh: the device mesh; the batch axis is split over all of it.
+
+  Returns:
+    The global batches, forever.
+  """
   while True:
-    for batch in data_lib.get_dataset(config, 'eval', batch_size=per_process, seed=config.seed):
+    for batch in pipeline.get_dataset(config, 'eval', batch_size=per_process, seed=config.seed):
       yield parallel.host_local_to_global({'image': batch['image'], 'mask': batch['mask']}, mesh)

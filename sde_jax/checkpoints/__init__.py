@@ -1,0 +1,33 @@
+"""Checkpoints: import of the original score_sde / score_sde_pytorch files, and orbax storage.
+
+The original files are untrusted input. The Flax ones are msgpack (``flax.serialization``),
+which holds only arrays and containers; the PyTorch ones are read with
+``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
+Import is strict: every parameter of the model must be found with its exact shape, and every
+array of the file must be used, or the import fails with the names and shapes involved.
+
+One concept a file: ``errors`` (CheckpointError, config hints, tree checks), ``imported_state``,
+``original_flax`` (score_sde files), ``original_torch`` (score_sde_pytorch files and layouts),
+``storage`` (orbax), ``import_job`` (``import_original``, what ``sde-jax import`` runs).
+"""
+
+from sde_jax.checkpoints.errors import CheckpointError, check_tree, config_hint
+from sde_jax.checkpoints.import_job import import_original, import_to_workdir, param_template
+from sde_jax.checkpoints.imported_state import ImportedState
+from sde_jax.checkpoints.original_flax import import_flax, read_flax
+from sde_jax.checkpoints.original_torch import (Layout, all_modules_layout, import_torch,
+                                                read_torch, to_flax_array,
+                                                unused_time_projections)
+from sde_jax.checkpoints.storage import (ITEMS, TRAIN_ITEMS, checkpoint_manager, has_item,
+                                         latest_step, num_params, on_one_device, restore,
+                                         restore_ema, restore_items, restore_params, save_imported,
+                                         save_items)
+
+__all__ = [
+    'CheckpointError', 'ITEMS', 'ImportedState', 'Layout', 'TRAIN_ITEMS', 'all_modules_layout',
+    'check_tree', 'checkpoint_manager', 'config_hint', 'has_item', 'import_flax',
+    'import_original', 'import_to_workdir', 'import_torch', 'latest_step', 'num_params',
+    'on_one_device', 'param_template', 'read_flax', 'read_torch', 'restore', 'restore_ema',
+    'restore_items', 'restore_params', 'save_imported', 'save_items', 'to_flax_array',
+    'unused_time_projections',
+]
