@@ -1,4 +1,4 @@
-"""Per-example random streams.
+"""Random streams: per-example keys, and the stream ids folded into keys (one table of them).
 
 Sample ``i`` of a job draws all of its randomness from ``fold_in(key, first_index + i)``, so a
 sample does not depend on the batch size, on how the batch is split over devices, or on which
