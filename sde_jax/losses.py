@@ -81,7 +81,7 @@ def get_sde_loss_fn(sde: sde_lib.SDE, score_fn: TrainScoreFn, reduce_mean: bool 
   return loss_fn
 
 
-def _level_times(sde: sde_lib.SDE, levels: Array) -> Array:
+def level_times(sde: sde_lib.SDE, levels: Array) -> Array:
   """Time ``t_i = i T / (N - 1)`` of discrete level i, the inverse of ``SDE.timestep``.
 
   Nudged up by a thousandth of a level so that ``floor(t (N - 1) / T)`` recovers ``i`` despite
@@ -104,7 +104,7 @@ def _discrete_loss_fn(sde: sde_lib.SDE, score_fn: TrainScoreFn, reduce_mean: boo
     mean_scale, std = kernel(levels)
     z = rng.normal(k_z, batch.shape)
     noisy = batch_mul(mean_scale, batch) + batch_mul(std, z)
-    score = score_fn(params, noisy, _level_times(sde, levels), k_model)
+    score = score_fn(params, noisy, level_times(sde, levels), k_model)
     losses = reduce(jnp.square(batch_mul(std, score) + z))
     return jnp.mean(losses), {'per_example': losses, 'level': levels}
 

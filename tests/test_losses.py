@@ -140,7 +140,7 @@ def test_discrete_levels_round_trip():
   """The time handed to the score function for level i maps back to i in both conventions."""
   for sde in (sde_lib.VESDE(N=1000), sde_lib.VPSDE(N=1000), sde_lib.VPSDE(N=2000)):
     levels = jnp.arange(sde.N)
-    t = losses._level_times(sde, levels)
+    t = losses.level_times(sde, levels)
     np.testing.assert_array_equal(sde.timestep(t), levels)
     np.testing.assert_array_equal(jnp.round((sde.T - t) * (sde.N - 1)), sde.N - 1 - levels)
 

@@ -248,14 +248,14 @@ def test_extract_features_over_eight_devices():
   expected = jax.jit(_tiny_apply)(params, images)  # all images in one unsharded batch
   mesh = parallel.make_mesh()
   assert mesh.size == 8
-  fid._sharded.cache_clear()  # earlier tests (the eval job) may have compiled other programs
+  fid.sharded_feature_fn.cache_clear()  # earlier tests (the eval job) may have compiled other programs
   out = fid.extract_features(_tiny_apply, params, images, batch_size=8, mesh=mesh)  # 3 steps
   chex.assert_shape([out['pool_3'], out['logits']], [(21, 128), (21, 1008)])
   chex.assert_trees_all_close(out, jax.tree_util.tree_map(np.asarray, expected), rtol=1e-5,
                               atol=1e-6)
   again = fid.extract_features(_tiny_apply, params, images[:5], batch_size=8, mesh=mesh)
   chex.assert_trees_all_close(again, jax.tree_util.tree_map(lambda v: v[:5], out), rtol=1e-6)
-  assert fid._sharded.cache_info().currsize == 1  # one program for both calls
+  assert fid.sharded_feature_fn.cache_info().currsize == 1  # one program for both calls
   with pytest.raises(ValueError, match='multiple of the number of devices'):
     fid.extract_features(_tiny_apply, params, images, batch_size=12, mesh=mesh)
 

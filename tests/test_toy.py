@@ -7,6 +7,7 @@ import numpy as np
 
 from configs import toy_2d
 from sde_jax import toy
+from sde_jax import workdir as workdir_lib
 
 
 def test_toy_job_trains_and_samples_on_modes(tmp_path):
@@ -41,7 +42,7 @@ def test_toy_job_trains_and_samples_on_modes(tmp_path):
 def test_earlier_outputs_are_kept(tmp_path):
   for f in toy.OUTPUTS:
     (tmp_path / f).write_text(f'old {f}')
-  toy._keep_previous_outputs(str(tmp_path))
+  workdir_lib.output_folder(str(tmp_path), '', toy.OUTPUTS)  # what run_toy calls first
   backups = [d for d in os.listdir(tmp_path) if d.startswith('previous-')]
   assert len(backups) == 1
   for f in toy.OUTPUTS:

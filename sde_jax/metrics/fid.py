@@ -295,7 +295,9 @@ def load_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=8)
-def _sharded(apply_fn: Callable, mesh: Mesh) -> Callable:
+def sharded_feature_fn(apply_fn: Callable, mesh: Mesh) -> Callable:
+  """``apply_fn(params, images)`` jitted over ``mesh`` (weights replicated, batch split); one
+  program per (network, mesh), cached."""
   return jax.jit(apply_fn, in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
                  out_shardings=parallel.batch_sharding(mesh))
 
@@ -338,7 +340,7 @@ def extract_features(apply_fn: Callable[[Any, Any], dict], params: Any, images_u
   if np.any(counts != n):
     raise ValueError(f'every process must pass the same number of images; got '
                      f'{counts.tolist()}.')
-  fn = _sharded(apply_fn, mesh)
+  fn = sharded_feature_fn(apply_fn, mesh)
   params = jax.device_put(params, parallel.replicated(mesh))
   chunks = []
   for start in range(0, n, local_batch):

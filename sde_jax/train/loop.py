@@ -126,7 +126,7 @@ def fit(config, trainer: Trainer, directory: str, mesh) -> state_lib.TrainState:
   batches = global_batches.stacked_batches(config, per_process, tc.n_jitted_steps, step, mesh,
                                            keys=trainer.batch_keys)
   log = MetricLog(directory, tc.batch_size, last)
-  logging.info('Training %s (%d parameters) from step %d to %d on a %s mesh, %d examples per '
+  logging.info('Training %s (%d parameters) from step %d to %d on a %s mesh, %d images per '
                'process per step.', trainer.name, meta['num_params'], step, last,
                dict(mesh.shape), per_process)
 
