@@ -68,6 +68,13 @@ def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
   return Mesh(grid, ('data', 'fsdp'))
 
 
+def mesh_from_config(config) -> Mesh:
+  """The mesh of a job: connects the processes (:func:`initialize`), then a ``(data, fsdp)``
+  mesh over every device with ``config.parallel.fsdp``."""
+  initialize()
+  return make_mesh(config.parallel.fsdp)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over every device of the mesh."""
   return NamedSharding(mesh, P(BATCH_AXES))

@@ -113,8 +113,7 @@ def train_classifier(config, workdir: str) -> train.TrainState:
     The state at the last step trained (after a preemption: the step saved).
   """
   c = config.classifier
-  parallel.initialize()
-  mesh = parallel.make_mesh(config.parallel.fsdp)
+  mesh = parallel.mesh_from_config(config)
   per_process = parallel.check_batch_size(c.training.batch_size, mesh)
   last = train.final_step(c.training)
   job = ScoreModel.from_config(config, model=classifier_lib.get_classifier(config))

@@ -48,8 +48,7 @@ def dataset_stats(config, workdir: str) -> str:
     if os.path.exists(p):
       raise FileExistsError(f'{p} exists; statistics are never overwritten (delete it, or set '
                             '--config.eval.stats_path to another file).')
-  parallel.initialize()
-  mesh = parallel.make_mesh(config.parallel.fsdp)
+  mesh = parallel.mesh_from_config(config)
   net = load_inception(settings, mesh)
   batch = round_size(settings, mesh)
   n_batches, batches = data_lib.whole_split(config, 'train', batch // jax.process_count())

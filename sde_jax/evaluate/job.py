@@ -49,8 +49,7 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval',
     ValueError: for bad settings, or an eval folder written with other settings.
   """
   settings = EvalSettings.from_config(config)
-  parallel.initialize()
-  mesh = parallel.make_mesh(config.parallel.fsdp)
+  mesh = parallel.mesh_from_config(config)
   batch = round_size(settings, mesh)
   eval_dir = os.path.join(workdir, eval_folder)
   net = load_inception(settings, mesh) if settings.enable_sampling else None

@@ -354,7 +354,7 @@ def extract_features(apply_fn: Callable[[Any, Any], dict], params: Any, images_u
 
 def _gather(x: jax.Array) -> np.ndarray:
   """A batch-sharded global array as ``(processes, per-process batch, ...)`` numpy."""
-  full = np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  full = parallel.gather(x)
   return full.reshape(jax.process_count(), -1, *full.shape[1:])
 
 

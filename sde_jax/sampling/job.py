@@ -36,8 +36,7 @@ def sample(config, workdir: str, num_samples: int) -> str:
   """
   if num_samples < 1:
     raise ValueError(f'num_samples={num_samples} must be positive.')
-  parallel.initialize()
-  mesh = parallel.make_mesh(config.parallel.fsdp)
+  mesh = parallel.mesh_from_config(config)
   score_model = ScoreModel.from_config(config)
   params, step = checkpoints.restore_ema(workdir, score_model.abstract_params(), mesh)
   batch = sharded.sample_batch_size(config, num_samples, mesh)

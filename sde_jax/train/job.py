@@ -93,8 +93,7 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
     The state at the last step trained (after a preemption: the step saved).
   """
   tc = config.training
-  parallel.initialize()
-  mesh = parallel.make_mesh(config.parallel.fsdp)
+  mesh = parallel.mesh_from_config(config)
   per_process = parallel.check_batch_size(tc.batch_size, mesh)
   loop.final_step(tc)
   score_model = ScoreModel.from_config(config)
