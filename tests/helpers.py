@@ -1,6 +1,7 @@
 """Small things several test modules share: loading a config file of configs/ (as Python, or as
-the command line does), running the ``sde-jax`` command, counting the network evaluations a
-compiled sampler makes, and the environment of a test's subprocess."""
+the command line does), running the ``sde-jax`` command, and the environment of a test's
+subprocess. (The exact Gaussian score, which also counts a compiled sampler's evaluations, is in
+tests/gaussian.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -42,18 +42,6 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   return subprocess.run([sys.executable, '-m', 'sde_jax.cli', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
-
-
-def counting(score_fn):
-  """``(counted, calls)``: ``counted`` is ``score_fn`` that appends to the list ``calls`` each time
-  XLA evaluates it, so a compiled loop's evaluations can be counted from outside."""
-  calls = []
-
-  def counted(params, x, t):
-    jax.debug.callback(lambda: calls.append(1))
-    return score_fn(params, x, t)
-
-  return counted, calls
 
 
 def subprocess_env(cache, **extra: str) -> dict[str, str]:

@@ -57,21 +57,10 @@ MU3 = np.array([0.2, 0.4, -0.1])
 GRAY = 1.2  # the known gray value per channel: the image has R = G = B = GRAY
 
 
-def gaussian_score(name: str, mean: np.ndarray, cov: np.ndarray):
-  """Exact score of N(mean, cov) perturbed by SDE ``name``, x of shape (B, ..., d), computed in
-  the eigenbasis of cov: ``-(m^2 cov + s^2 I)^{-1} (x - m mean)``."""
-  lam, u = np.linalg.eigh(cov)
-  lam, u, mean = (jnp.asarray(a, jnp.float32) for a in (lam, u, mean))
-
-  def score(params, x, t):
-    del params
-    m, s = gaussian.mean_std(name, t)
-    per_example, per_axis = (-1,) + (1,) * (x.ndim - 1), (1,) * (x.ndim - 1) + (-1,)
-    m, s = m.reshape(per_example), s.reshape(per_example)
-    y = (x - m * mean.reshape(per_axis)) @ u
-    return -(y / (m**2 * lam.reshape(per_axis) + s**2)) @ u.T
-
-  return score
+def gaussian_score(name: str, mean: np.ndarray, cov: np.ndarray, **options):
+  """Exact score of N(mean, cov) perturbed by SDE ``name``, x of shape (B, ..., d): one draw per
+  d-vector (tests/gaussian.py); a numpy x gives numpy float64."""
+  return gaussian.score_fn(name, mean, cov, **options)
 
 
 # --- The replacement rule in plain NumPy -----------------------------------------------------
@@ -108,7 +97,7 @@ def numpy_replacement(name, mean, cov, basis, known, y, num, n=N_STEPS, eps=EPS,
   last step's noiseless update.
   """
   gen = np.random.default_rng(seed)
-  prec = lambda m, s: np.linalg.inv(m**2 * cov + s**2 * np.eye(len(mean)))
+  exact_score = gaussian_score(name, mean, cov)
   times = np.linspace(1.0, eps, n)
   ends = np.append(times[1:], 0.0)
 
@@ -121,8 +110,7 @@ def numpy_replacement(name, mean, cov, basis, known, y, num, n=N_STEPS, eps=EPS,
 
   x = replace(gen.standard_normal((num, len(mean))) * gaussian.prior_std(name), 1.0)
   for t, end in zip(times, ends):
-    m, s = gaussian.mean_std(name, np.float64(t))
-    score = -(x - m * mean) @ prec(m, s)
+    score = exact_score(None, x, np.full(len(x), t))
     x_mean = _reverse_diffusion(name, x, t, score, 0.0, n)
     x = replace(x_mean + (_reverse_diffusion(name, x, t, score, 1.0, n) - x_mean)
                 * gen.standard_normal(x.shape), end)
@@ -333,17 +321,13 @@ def test_colorizer_keeps_gray_on_images():
 
 def test_no_retrace_for_new_params_data_and_key():
   traces = []
-  base = gaussian_score('vesde', MU4, COV4)
-
-  def score(params, x, t):
-    traces.append(1)
-    return params * base(None, x, t)
-
+  score = gaussian_score('vesde', MU4, COV4, scaled=True, traces=traces)
   sde, sampler = _small_inpainter('vesde', method='tmpd', corrector='none', solver_iters=1)
   data = jnp.ones((3, 4))
-  x1, _ = sampler(jax.random.key(0), score, jnp.float32(1.0), data, jnp.asarray(MASK4))
+  x1, _ = sampler(jax.random.key(0), score, {'scale': jnp.float32(1.0)}, data, jnp.asarray(MASK4))
   n = len(traces)
-  x2, _ = sampler(jax.random.key(1), score, jnp.float32(0.5), data * 2, jnp.asarray(1 - MASK4))
+  x2, _ = sampler(jax.random.key(1), score, {'scale': jnp.float32(0.5)}, data * 2,
+                  jnp.asarray(1 - MASK4))
   assert len(traces) == n > 0
   assert not np.allclose(np.asarray(x1), np.asarray(x2))
 
@@ -385,44 +369,14 @@ MIXTURE = gaussian.GaussianMixture(
                    [[0.5, 0.0], [0.0, 0.3]]]))
 
 
-def _mixture_terms(name, x, t):
-  """Per component k: ``log w_k + log N(x; m mu_k, m^2 S_k + s^2 I)`` (B, K) and its gradient
-  in x (B, K, d), in the eigenbasis of each S_k (cheaper than the oracle's inverses)."""
-  lam, u = (jnp.asarray(a, jnp.float32) for a in np.linalg.eigh(MIXTURE.covs))
-  mu, logw = jnp.asarray(MIXTURE.means, jnp.float32), jnp.log(jnp.asarray(MIXTURE.weights))
-  m, s = gaussian.mean_std(name, t)
-  diff = x[:, None, :] - m[:, None, None] * mu[None]
-  y = jnp.einsum('bkd,kde->bke', diff, u)
-  var = m[:, None, None]**2 * lam[None] + s[:, None, None]**2
-  logc = logw[None] - 0.5 * jnp.sum(y**2 / var + jnp.log(2 * jnp.pi * var), axis=-1)
-  return logc, -jnp.einsum('bke,kde->bkd', y / var, u)
-
-
 def mixture_score_fn(name):
   """The exact score of the perturbed mixture, ``sum_k p_t(k | x) grad log N_k``."""
-
-  def score(params, x, t):
-    del params
-    logc, grads = _mixture_terms(name, x, t)
-    return jnp.einsum('bk,bkd->bd', jax.nn.softmax(logc, axis=-1), grads)
-
-  return score
+  return MIXTURE.score_fn(name)
 
 
 def mixture_logit_fn(name):
   """The exact noisy classifier ``log p_t(k | x)`` up to a constant in k."""
-  return lambda params, x, t: _mixture_terms(name, x, t)[0]
-
-
-def test_mixture_helpers_match_the_oracle():
-  x = jax.random.normal(jax.random.key(0), (4, 2)) * 2.0
-  t = jnp.array([1e-3, 0.2, 0.6, 1.0])
-  for name in SDES:
-    chex.assert_trees_all_close(mixture_score_fn(name)(None, x, t), MIXTURE.score_t(name, x, t),
-                                rtol=1e-4, atol=1e-5)
-    logits = mixture_logit_fn(name)(None, x, t)
-    chex.assert_trees_all_close(jax.nn.logsumexp(logits, axis=-1),
-                                MIXTURE.log_prob_t(name, x, t), rtol=1e-5, atol=1e-5)
+  return lambda params, x, t: MIXTURE.component_logits(name, x, t)
 
 
 def bayes_classes(x):

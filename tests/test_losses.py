@@ -30,12 +30,9 @@ def _data(key):
 
 
 def _continuous_score(name):
-  def score_fn(params, x, t, key=None):
-    m, std = gaussian.mean_std(name, t)
-    v = m**2 * S2 + std**2
-    return -(x - (m * MU)[:, None]) / v[:, None] * params
-
-  return score_fn
+  """Exact score of the data N(MU, S2 I) in DIM dimensions (tests/gaussian.py), times
+  ``params['scale']``."""
+  return gaussian.score_fn(name, np.full(DIM, MU), S2 * np.eye(DIM), scaled=True)
 
 
 def _g2(name, t):
@@ -70,19 +67,19 @@ def test_continuous_loss_at_exact_score_is_analytic_minimum(name):
   sde = {'vesde': sde_lib.VESDE(), 'vpsde': sde_lib.VPSDE(), 'subvpsde': sde_lib.SubVPSDE()}[name]
   loss_fn = jax.jit(losses.get_sde_loss_fn(sde, _continuous_score(name)))
   batch = _data(jax.random.key(0))
-  loss, aux = loss_fn(1.0, jax.random.key(1), batch)
+  loss, aux = loss_fn({'scale': 1.0}, jax.random.key(1), batch)
   chex.assert_shape(aux['per_example'], (BATCH,))
   _within_standard_errors(loss, aux['per_example'], _expected_continuous(name, False))
   # It is a minimum: scaling the exact score up or down costs more (same random numbers).
   for scale in (0.9, 1.1):
-    assert loss_fn(scale, jax.random.key(1), batch)[0] > loss
+    assert loss_fn({'scale': scale}, jax.random.key(1), batch)[0] > loss
 
 
 def test_likelihood_weighted_loss_ve():
   """For VE, g^2 / std^2 = 2 log(sigma_max / sigma_min) is constant, so the estimate is tame."""
   loss_fn = jax.jit(losses.get_sde_loss_fn(sde_lib.VESDE(), _continuous_score('vesde'),
                                            likelihood_weighting=True))
-  loss, aux = loss_fn(1.0, jax.random.key(3), _data(jax.random.key(2)))
+  loss, aux = loss_fn({'scale': 1.0}, jax.random.key(3), _data(jax.random.key(2)))
   _within_standard_errors(loss, aux['per_example'], _expected_continuous('vesde', True))
 
 
@@ -93,10 +90,10 @@ def test_likelihood_weighted_loss_is_minimal_at_exact_score(name):
   loss_fn = jax.jit(losses.get_sde_loss_fn(sde, _continuous_score(name),
                                            likelihood_weighting=True))
   batch = _data(jax.random.key(4))
-  loss = loss_fn(1.0, jax.random.key(5), batch)[0]
+  loss = loss_fn({'scale': 1.0}, jax.random.key(5), batch)[0]
   assert np.isfinite(loss)
   for scale in (0.95, 1.05):
-    assert loss_fn(scale, jax.random.key(5), batch)[0] > loss
+    assert loss_fn({'scale': scale}, jax.random.key(5), batch)[0] > loss
 
 
 def _level_score(table_fn):
