@@ -28,6 +28,7 @@ from sde_jax import controllable, rng, sampling
 from sde_jax import sde as sde_lib
 from sde_jax.sampling import pc
 from tests import gaussian
+from tests import helpers
 from tests.helpers import run_cli
 
 SDES = {'vesde': sde_lib.VESDE, 'vpsde': sde_lib.VPSDE, 'subvpsde': sde_lib.SubVPSDE}
@@ -621,21 +622,20 @@ def test_classifier_noise_level_is_the_sdes(name):
 
 # --- Jobs (the command line's functions) on a tiny RGB model -------------------------
 
+# The digits classifier config shrunk by the test recipe (tests.helpers: DDPM++ and WRN-10-1 at
+# 8x8), on 3 channels, in 25 steps (DDPM's reverse-diffusion step needs beta_max / N < 1).
+# Langevin's step divides by the norm of the (zero) score: no corrector.
+TINY_RGB = dict(data=dict(dataset='CIFAR10', num_channels=3), model=dict(num_scales=25),
+                sampling=dict(corrector='none'), eval=dict(batch_size=2))
+
+
 def _tiny_rgb_workdir(tmp_path):
   """A tiny DDPM++ (8x8 RGB, 25 steps) and WRN classifier saved with zero parameters, and a
   folder of two PNG images."""
   from PIL import Image
-  from configs.digits import classifier
   from sde_jax import checkpoints, models
   from sde_jax.models import classifier as classifier_lib
-  config = classifier.get_config()
-  config.data.update(dataset='CIFAR10', image_size=8, num_channels=3)
-  # 25 steps: DDPM's reverse-diffusion step needs beta_max / N < 1.
-  config.model.update(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_scales=25)
-  config.classifier.update(blocks_per_group=1, channel_multiplier=1, embedding_size=8)
-  config.controllable.solver_iters = 1
-  config.sampling.corrector = 'none'  # Langevin's step divides by the norm of the (zero) score
-  config.eval.batch_size = 2
+  config = helpers.tiny_config('digits/classifier.py', **TINY_RGB)
   # Zero parameters (the score is 0, the logits constant): the jobs' plumbing is under test,
   # and initialising for real would compile both networks once more.
   init = lambda model: jax.tree_util.tree_map(
@@ -654,13 +654,7 @@ def _tiny_rgb_workdir(tmp_path):
   return config, str(folder)
 
 
-TINY_FLAGS = ['--config=configs/digits/classifier.py', '--config.data.dataset=CIFAR10',
-              '--config.data.image_size=8', '--config.data.num_channels=3', '--config.model.nf=8',
-              '--config.model.ch_mult=(1,)', '--config.model.num_res_blocks=1',
-              '--config.model.attn_resolutions=()', '--config.model.num_scales=25',
-              '--config.classifier.blocks_per_group=1', '--config.classifier.channel_multiplier=1',
-              '--config.classifier.embedding_size=8', '--config.controllable.solver_iters=1',
-              '--config.sampling.corrector=none', '--config.eval.batch_size=2']
+TINY_FLAGS = helpers.tiny_flags('digits/classifier.py', **TINY_RGB)
 
 
 def run_ok(*argv) -> str:
