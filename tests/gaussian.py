@@ -5,6 +5,11 @@ Written from the paper's equations, independently of ``sde_jax.sde``: if the dat
 ``p_t = sum_k w_k N(m(t) mu_k, m(t)^2 S_k + s(t)^2 I)`` with the SDE's mean scale m and std s,
 so the true score, the density, and (for one Gaussian) the probability-flow map are exact.
 
+This module is the tests' one home of the exact score: :func:`score_fn` (one Gaussian) and
+:meth:`GaussianMixture.score_fn` give it in the library's form ``score_fn(params, x, t)``,
+computed in the eigenbasis of each covariance; :meth:`GaussianMixture.score_t` computes the same
+with matrix inverses, the second method tests/test_gaussian.py checks it against.
+
 Conventions (those of the original code): VE ``s(t) = sigma_min (sigma_max / sigma_min)^t``,
 ``m = 1``; VP ``m = exp(-t^2 (b1 - b0) / 4 - t b0 / 2)``, ``s^2 = 1 - m^2``; sub-VP the same m and
 ``s = 1 - m^2``.
@@ -104,9 +109,77 @@ class GaussianMixture:
     comp_scores = -jnp.einsum('bkij,bkj->bki', prec, diff)
     return jnp.einsum('bk,bki->bi', resp, comp_scores)
 
-  def score_fn(self, name: str):
-    """A score function in the library's form ``score_fn(params, x, t)``; params is ignored."""
-    return lambda params, x, t: self.score_t(name, x, t)
+  def _eigen_terms(self, name: str, x, t):
+    """Per copy r and component k: ``log w_k + log N(x_r; m mu_k, m^2 S_k + s^2 I)`` (B, R, K)
+    and its gradient in x_r (B, R, K, d), in the eigenbasis of each S_k (no inverse).
+
+    ``x`` (B, ...) is read as ``x.reshape(B, R, d)``; numpy in, numpy float64 out, else jax in
+    ``x.dtype``.
+    """
+    xp = jnp if isinstance(x, jax.Array) else np
+    dtype = x.dtype if xp is jnp else np.float64
+    lam, u = np.linalg.eigh(self.covs)
+    lam, u, mu = (xp.asarray(a, dtype) for a in (lam, u, self.means))
+    logw = xp.log(xp.asarray(self.weights, dtype))
+    m, s = mean_std(name, xp.asarray(t).astype(dtype))
+    m, s = m.reshape(-1, 1, 1, 1), s.reshape(-1, 1, 1, 1)
+    xr = x.reshape(x.shape[0], -1, 1, self.dim)
+    y = xp.einsum('brkd,kde->brke', xr - m * mu[None, None], u)
+    var = m**2 * lam[None, None] + s**2
+    logc = logw[None, None] - 0.5 * xp.sum(y**2 / var + xp.log(2 * np.pi * var), axis=-1)
+    return logc, -xp.einsum('brke,kde->brkd', y / var, u)
+
+  def exact_score(self, name: str, x, t):
+    """The exact score of every copy in ``x`` (module docstring of :func:`score_fn`)."""
+    logc, grads = self._eigen_terms(name, x, t)
+    if len(self.weights) == 1:
+      return grads[:, :, 0].reshape(x.shape)
+    if isinstance(x, jax.Array):
+      resp = jax.nn.softmax(logc, axis=-1)
+    else:
+      resp = np.exp(logc - logc.max(axis=-1, keepdims=True))
+      resp = resp / resp.sum(axis=-1, keepdims=True)
+    return (resp[..., None] * grads).sum(axis=2).reshape(x.shape)
+
+  def component_logits(self, name: str, x, t):
+    """``log w_k + log N_k`` of the perturbed components, (B, K) for x of shape (B, d): the exact
+    noisy classifier ``log p_t(k | x)`` up to a constant in k."""
+    return self._eigen_terms(name, x, t)[0][:, 0]
+
+  def score_fn(self, name: str, *, scaled: bool = False, calls: list | None = None,
+               traces: list | None = None):
+    """The exact score in the library's form ``score_fn(params, x, t, key=None)``.
+
+    Args:
+      name: the SDE ('vesde', 'vpsde', 'subvpsde'), with this module's constants.
+      scaled: the score times ``params['scale']`` (1 is exact), so that params are an input of
+        the compiled program; otherwise params are ignored.
+      calls: a list appended once per runtime evaluation (a debug callback), so that the
+        evaluations of a compiled loop can be counted from outside.
+      traces: a list appended each time Python runs the function (while JAX traces it).
+
+    ``x`` has shape (B, ...), and every example holds ``x[i].size // d`` independent copies of
+    the data, consecutive d-vectors in row-major order: (B, R, d) holds R copies, (B, H, W, C)
+    one draw of a Gaussian in d = H W C dimensions, or one per pixel if d = C. A numpy x gives
+    numpy float64; a jax x is computed in its dtype. ``key`` (the losses' dropout key) is ignored.
+    """
+
+    def score(params, x, t, key=None):
+      del key
+      if traces is not None:
+        traces.append(1)
+      if calls is not None:
+        jax.debug.callback(lambda: calls.append(1))
+      out = self.exact_score(name, x, t)
+      return params['scale'] * out if scaled else out
+
+    return score
+
+
+def score_fn(name: str, mean, cov, **options):
+  """The exact score of N(mean, cov) data under SDE ``name``: :meth:`GaussianMixture.score_fn` of
+  the one Gaussian, ``-(m^2 cov + s^2 I)^{-1} (x - m mean)`` evaluated in the eigenbasis of cov."""
+  return GaussianMixture.single(mean, cov).score_fn(name, **options)
 
 
 def flow_map(name: str, mean, cov, x_from, t_from: float, t_to: float) -> np.ndarray:

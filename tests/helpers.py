@@ -1,6 +1,8 @@
 """Small things several test modules share: loading a config file of configs/ (as Python, or as
-the command line does), running the ``sde-jax`` command, counting the network evaluations a
-compiled sampler makes, and the environment of a test's subprocess."""
+the command line does), the one shrink recipe for tests (``tiny_config`` / ``tiny_flags``: any
+config through configs/_runlocal.py, plus a test's overrides), running the ``sde-jax`` command,
+and the environment of a test's subprocess. (The exact Gaussian score, which also counts a
+compiled sampler's evaluations, is in tests/gaussian.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -44,21 +45,92 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=600)
 
 
-def counting(score_fn):
-  """``(counted, calls)``: ``counted`` is ``score_fn`` that appends to the list ``calls`` each time
-  XLA evaluates it, so a compiled loop's evaluations can be counted from outside."""
-  calls = []
-
-  def counted(params, x, t):
-    jax.debug.callback(lambda: calls.append(1))
-    return score_fn(params, x, t)
-
-  return counted, calls
-
-
 def subprocess_env(cache, **extra: str) -> dict[str, str]:
   """This process's environment on CPU, with the persistent compilation cache ``cache`` (the
   ``compilation_cache`` fixture of conftest.py) used for every program; ``extra`` on top."""
   return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COMPILATION_CACHE_DIR': str(cache),
           'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
           'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0', **extra}
+
+
+def _override(section, overrides: dict, where: str) -> None:
+  for name, value in overrides.items():
+    if name not in section:
+      raise KeyError(f'{where}{name} is not a field of the config')
+    if isinstance(value, dict):
+      _override(section[name], value, f'{where}{name}.')
+    else:
+      section[name] = value
+
+
+def tiny_config(relative: str, **overrides):
+  """``configs/<relative>`` shrunk by the one recipe, ``configs._runlocal.runlocal``, then
+  ``overrides``: per section a dict of fields (nested for sub-sections), for what a test needs
+  to differ from the recipe, e.g. ``tiny_config('digits/ddpmpp_continuous.py',
+  model=dict(num_scales=8), training=dict(n_iters=16))``. An unknown field is a KeyError."""
+  from configs import _runlocal  # pylint: disable=g-import-not-at-top
+  config = _runlocal.runlocal(load_config(relative))
+  _override(config, overrides, '')
+  return config
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, tuple):
+    return '(' + ','.join(_flag_value(v) for v in value) + (',)' if len(value) == 1 else ')')
+  return repr(value) if isinstance(value, float) else str(value)
+
+
+def _leaves(tree: dict, prefix: str = ''):
+  for name, value in tree.items():
+    if isinstance(value, dict):
+      yield from _leaves(value, f'{prefix}{name}.')
+    else:
+      yield f'{prefix}{name}', value
+
+
+def tiny_flags(relative: str, **overrides) -> list[str]:
+  """The ``sde-jax`` flags that give :func:`tiny_config` ``(relative, **overrides)``:
+  ``--config=configs/<relative>``, then ``--config.a.b=v`` for every field that differs from
+  the config file's."""
+  full = dict(_leaves(load_config(relative).to_dict()))
+  tiny = dict(_leaves(tiny_config(relative, **overrides).to_dict()))
+  assert full.keys() == tiny.keys(), set(full) ^ set(tiny)
+  return [f'--config={CONFIGS / relative}'] + [
+      f'--config.{name}={_flag_value(value)}' for name, value in tiny.items()
+      if value != full[name]]
+
+
+# The network of the fixture checkpoints tests/data/*ve_ncsnpp_continuous_tiny* (score_sde's
+# checkpoint_5 and score_sde_pytorch's .pth of a tiny NCSN++, described by
+# tests/data/ve_ncsnpp_continuous_tiny.json): the VE CIFAR-10 NCSN++ config with these fields
+# over the recipe. They must match the stored networks, not follow the recipe.
+REFERENCE_CONFIG = 've/cifar10_ncsnpp_continuous.py'
+REFERENCE_NETWORK = dict(model=dict(nf=16, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                    attn_resolutions=(8,)),
+                         data=dict(image_size=16))
+
+
+def _merge(a: dict, b: dict) -> dict:
+  out = dict(a)
+  for name, value in b.items():
+    out[name] = _merge(a[name], value) if isinstance(value, dict) and name in a else value
+  return out
+
+
+def reference_config(**overrides):
+  """:func:`tiny_config` of the fixture checkpoints' network (``REFERENCE_NETWORK``), then
+  ``overrides``."""
+  return tiny_config(REFERENCE_CONFIG, **_merge(REFERENCE_NETWORK, overrides))
+
+
+def reference_flags(**overrides) -> list[str]:
+  """The ``sde-jax`` flags of :func:`reference_config` ``(**overrides)``."""
+  return tiny_flags(REFERENCE_CONFIG, **_merge(REFERENCE_NETWORK, overrides))
+
+
+def tiny_inception_options() -> dict:
+  """``InceptionV3(**options)`` of the recipe's FID network (``eval.inception_width`` and
+  ``eval.inception_image_size`` of configs/_runlocal.py)."""
+  from configs import _runlocal  # pylint: disable=g-import-not-at-top
+  return dict(width=_runlocal.EVAL['inception_width'],
+              image_size=_runlocal.EVAL['inception_image_size'])

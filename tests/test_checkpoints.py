@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 
 from sde_jax import checkpoints, models
+from tests import helpers
 from tests.helpers import load_config
 
 DATA = pathlib.Path(__file__).parent / 'data'
-CONFIGS = pathlib.Path(__file__).parent.parent / 'configs'
 PTH = DATA / 've_ncsnpp_continuous_tiny.pth'
 FLAX = DATA / 'jax_ve_ncsnpp_continuous_tiny_checkpoint_5'
 
 
-def tiny_config():
+def fixture_config():
+  """The config stored with the fixture checkpoints (not a shrink of a config file: it must match
+  the stored network)."""
   return ml_collections.ConfigDict(
       json.loads((DATA / 've_ncsnpp_continuous_tiny.json').read_text())['config'])
 
@@ -28,24 +30,24 @@ def test_truncated_file_is_a_clear_error(tmp_path, path):
   bad = tmp_path / path.name
   bad.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   with pytest.raises(checkpoints.CheckpointError, match=f'cannot read.*{bad.name}'):
-    checkpoints.import_original(bad, tiny_config())
+    checkpoints.import_original(bad, fixture_config())
 
 
 def test_garbage_file_is_a_clear_error(tmp_path):
   bad = tmp_path / 'checkpoint_3'
   bad.write_bytes(b'\x00not a checkpoint' * 10)
   with pytest.raises(checkpoints.CheckpointError, match='checkpoint_3'):
-    checkpoints.import_original(bad, tiny_config())
+    checkpoints.import_original(bad, fixture_config())
 
 
 def test_missing_file():
   with pytest.raises(FileNotFoundError, match='nope.pth'):
-    checkpoints.import_original('nope.pth', tiny_config())
+    checkpoints.import_original('nope.pth', fixture_config())
 
 
 @pytest.mark.parametrize('path', [PTH, FLAX])
 def test_shape_mismatch_names_parameter_shapes_and_fields(path):
-  config = tiny_config()
+  config = fixture_config()
   config.model.nf = 32
   with pytest.raises(checkpoints.CheckpointError) as info:
     checkpoints.import_original(path, config)
@@ -57,7 +59,7 @@ def test_shape_mismatch_names_parameter_shapes_and_fields(path):
 
 @pytest.mark.parametrize('path', [PTH, FLAX])
 def test_structure_mismatch_is_refused(path):
-  config = tiny_config()
+  config = fixture_config()
   config.model.num_res_blocks = 2
   with pytest.raises(checkpoints.CheckpointError, match='num_res_blocks'):
     checkpoints.import_original(path, config)
@@ -74,13 +76,13 @@ def test_unsafe_pickle_is_refused(tmp_path):
 
   torch.save({'model': Evil(), 'ema': {}, 'step': 1}, bad)
   with pytest.raises(checkpoints.CheckpointError, match='cannot read PyTorch'):
-    checkpoints.import_original(bad, tiny_config())
+    checkpoints.import_original(bad, fixture_config())
 
 
 def test_missing_torch_names_the_extra(monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)
   with pytest.raises(ImportError, match=r"sde-jax\[torch\]"):
-    checkpoints.import_original(PTH, tiny_config())
+    checkpoints.import_original(PTH, fixture_config())
 
 
 def test_ncsnv2_torch_checkpoint_needs_pytorch_flavour():
@@ -113,16 +115,13 @@ def test_parameter_counts_of_the_full_configs(relative, millions):
 def test_import_cli_writes_a_restorable_orbax_checkpoint(tmp_path):
   import subprocess
   workdir = tmp_path / 'run'
-  cmd = [sys.executable, '-m', 'sde_jax.cli', 'import', '--config',
-         str(CONFIGS / 've/cifar10_ncsnpp_continuous.py'), '--config.model.nf=16',
-         '--config.model.ch_mult=(1,2,2)', '--config.model.num_res_blocks=1',
-         '--config.model.attn_resolutions=(8,)', '--config.data.image_size=16',
+  cmd = [sys.executable, '-m', 'sde_jax.cli', 'import', *helpers.reference_flags(),
          '--checkpoint', str(PTH), '--workdir', str(workdir)]
   result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'step 1234' in result.stdout
   restored, meta = checkpoints.restore(workdir)
-  expected = checkpoints.import_original(PTH, tiny_config())
+  expected = checkpoints.import_original(PTH, fixture_config())
   assert restored.step == 1234 and meta['source'] == str(PTH)
   for a, b in zip(jax.tree_util.tree_leaves(restored.params_ema),
                   jax.tree_util.tree_leaves(expected.params_ema)):

@@ -20,6 +20,7 @@ from sde_jax import controllable
 from sde_jax.controllable import train_classifier
 from sde_jax import sde as sde_lib
 from sde_jax.models import classifier as classifier_lib
+from tests import helpers
 from tests.helpers import load_config
 
 DATA = pathlib.Path(__file__).parent / 'data'
@@ -149,15 +150,10 @@ def test_loss_feeds_the_sdes_noise_level(sde):
 
 
 def tiny_config():
-  from configs.digits import classifier
-  config = classifier.get_config()
-  config.data.image_size = 8
-  config.classifier.update(blocks_per_group=1, channel_multiplier=1, embedding_size=8)
-  config.classifier.training.update(batch_size=16, n_iters=3, n_jitted_steps=1, log_freq=1,
-                                    eval_freq=3, snapshot_freq=3, snapshot_freq_for_preemption=3,
-                                    keep_last=1)
-  config.classifier.optim.warmup = 0
-  return config
+  """The digits classifier config shrunk by the test recipe: a WRN-10-1 trained 3 steps (one
+  per call, saved at the end) on batches of 16 8x8 digits."""
+  return helpers.tiny_config('digits/classifier.py',
+                             classifier=dict(training=dict(batch_size=16)))
 
 
 def test_train_classifier_saves_and_restores(tmp_path):

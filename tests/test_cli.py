@@ -1,13 +1,13 @@
 """The ``sde-jax`` command line: config flags reach the job, bad input is a clear error."""
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, tiny_flags
 
 
 def test_toy_command_with_overrides(tmp_path):
-  proc = run_cli('toy', '--config', 'configs/toy_2d.py', f'--workdir={tmp_path}',
-                 '--config.training.n_iters=20', '--config.training.sde=subvpsde',
-                 '--config.model.num_scales=50', '--config.eval.num_samples=64',
-                 '--config.eval.num_likelihood=16', '--config.data.dataset=rings')
+  tiny = tiny_flags('toy_2d.py', training=dict(n_iters=20), model=dict(num_scales=50),
+                    eval=dict(num_samples=64, num_likelihood=16))
+  proc = run_cli('toy', *tiny, f'--workdir={tmp_path}', '--config.training.sde=subvpsde',
+                 '--config.data.dataset=rings')
   assert proc.returncode == 0, proc.stderr[-3000:]
   report = (tmp_path / 'report.md').read_text()
   assert 'rings, subvpsde, 20 steps' in report

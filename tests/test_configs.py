@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from sde_jax import sde as sde_lib
 from sde_jax.sampling import SAMPLERS, correctors, get_sampler_from_config, predictors
+from tests import gaussian
 from tests.helpers import parse_flags
 
 # config_flags loads config files with importlib's deprecated load_module(); not ours to fix.
@@ -211,11 +213,7 @@ def test_fast_sampler_options_from_the_command_line(rel):
                   '--config.sampling.order=3', '--config.sampling.schedule=time_quadratic')
   sde = sde_lib.from_config(config)
   sampler = get_sampler_from_config(config, sde, (3, 2))
-
-  def score(params, x, t):  # of N(0, I) data: -x / (m(t)^2 + s(t)^2)
-    mean, std = sde.marginal_prob(jnp.ones_like(x), t)
-    return -x / (mean ** 2 + std[:, None] ** 2)
-
+  score = gaussian.score_fn(config.training.sde, np.zeros(2), np.eye(2))  # of N(0, I) data
   x, nfe = sampler(jax.random.key(0), score, None)
   assert nfe == 7 and x.shape == (3, 2) and bool(jnp.isfinite(x).all())
   config = _parse(rel, '--config.sampling.method=heun', '--config.sampling.s_tmax=inf',

@@ -28,6 +28,7 @@ from sde_jax import controllable, images, rng, sampling
 from sde_jax import sde as sde_lib
 from sde_jax.sampling import pc
 from tests import gaussian
+from tests import helpers
 from tests.helpers import run_cli
 
 SDES = {'vesde': sde_lib.VESDE, 'vpsde': sde_lib.VPSDE, 'subvpsde': sde_lib.SubVPSDE}
@@ -57,21 +58,10 @@ MU3 = np.array([0.2, 0.4, -0.1])
 GRAY = 1.2  # the known gray value per channel: the image has R = G = B = GRAY
 
 
-def gaussian_score(name: str, mean: np.ndarray, cov: np.ndarray):
-  """Exact score of N(mean, cov) perturbed by SDE ``name``, x of shape (B, ..., d), computed in
-  the eigenbasis of cov: ``-(m^2 cov + s^2 I)^{-1} (x - m mean)``."""
-  lam, u = np.linalg.eigh(cov)
-  lam, u, mean = (jnp.asarray(a, jnp.float32) for a in (lam, u, mean))
-
-  def score(params, x, t):
-    del params
-    m, s = gaussian.mean_std(name, t)
-    per_example, per_axis = (-1,) + (1,) * (x.ndim - 1), (1,) * (x.ndim - 1) + (-1,)
-    m, s = m.reshape(per_example), s.reshape(per_example)
-    y = (x - m * mean.reshape(per_axis)) @ u
-    return -(y / (m**2 * lam.reshape(per_axis) + s**2)) @ u.T
-
-  return score
+def gaussian_score(name: str, mean: np.ndarray, cov: np.ndarray, **options):
+  """Exact score of N(mean, cov) perturbed by SDE ``name``, x of shape (B, ..., d): one draw per
+  d-vector (tests/gaussian.py); a numpy x gives numpy float64."""
+  return gaussian.score_fn(name, mean, cov, **options)
 
 
 # --- The replacement rule in plain NumPy -----------------------------------------------------
@@ -108,7 +98,7 @@ def numpy_replacement(name, mean, cov, basis, known, y, num, n=N_STEPS, eps=EPS,
   last step's noiseless update.
   """
   gen = np.random.default_rng(seed)
-  prec = lambda m, s: np.linalg.inv(m**2 * cov + s**2 * np.eye(len(mean)))
+  exact_score = gaussian_score(name, mean, cov)
   times = np.linspace(1.0, eps, n)
   ends = np.append(times[1:], 0.0)
 
@@ -121,12 +111,97 @@ def numpy_replacement(name, mean, cov, basis, known, y, num, n=N_STEPS, eps=EPS,
 
   x = replace(gen.standard_normal((num, len(mean))) * gaussian.prior_std(name), 1.0)
   for t, end in zip(times, ends):
-    m, s = gaussian.mean_std(name, np.float64(t))
-    score = -(x - m * mean) @ prec(m, s)
+    score = exact_score(None, x, np.full(len(x), t))
     x_mean = _reverse_diffusion(name, x, t, score, 0.0, n)
     x = replace(x_mean + (_reverse_diffusion(name, x, t, score, 1.0, n) - x_mean)
                 * gen.standard_normal(x.shape), end)
   return replace(x_mean, 0.0, noise=False)
+
+
+# --- The original's replacement rule in plain NumPy ------------------------------------------
+
+def numpy_inpainter(name, mean, cov, y, mask, noise, n, rule, corrector='none', snr=0.16,
+                    eps=EPS):
+  """Inpainting by the replacement rule with a reverse-diffusion predictor, in float64.
+
+  ``rule='original'`` is score_sde's ``get_pc_inpainter`` (controllable_generation.py), written
+  here from its order of operations: x starts as the data on the known pixels and a prior draw
+  on the others; for each t_n of ``linspace(T, eps, N)`` the corrector runs at t_n and the known
+  pixels are set to ``m(t_n) y + s(t_n) z``, then the predictor runs from t_n and the known pixels
+  are set again, *also at t_n* (the time the step started from); it returns x and
+  ``x_mean`` = x on the unknown pixels (their noisy value) and ``m(t_n) y`` on the known ones.
+
+  ``rule='package'`` is the rule sde_jax.controllable documents, which changes three things: the
+  known pixels start at ``m(T) y + s(T) z``, the replacement after the predictor is at the time
+  it stepped to, t_{n+1} (0 after the last step: y itself), and ``x_mean`` is the last
+  predictor's noiseless update on the unknown pixels and y on the known ones.
+
+  ``noise(kind, n)`` gives the standard normals of shape (B, d): kind ``'prior'`` (the prior draw
+  over sigma_T), ``'replace_prior'``, and per step n ``'corrector'``, ``'replace_corrector'``,
+  ``'predictor'``, ``'replace_predictor'``. ``corrector`` is 'none' or 'ald' (one step of
+  annealed Langevin dynamics, ``eps_n = 2 alpha (snr s(t_n))^2``, Song et al. Alg. 4).
+  """
+  known = mask > 0
+  score_fn = gaussian_score(name, mean, cov)
+  sigmas, betas = _tables(n)
+  times = np.linspace(1.0, eps, n)
+  ends = np.append(times[1:], 0.0) if rule == 'package' else times
+
+  def replace(x, t, z):
+    m, s = gaussian.mean_std(name, np.float64(t))
+    x = x.copy()
+    x[:, known] = m * y[known] + (s if t > 0 else 0.0) * z[:, known]
+    return x
+
+  x = noise('prior', 0) * gaussian.prior_std(name)
+  if rule == 'package':
+    x = replace(x, 1.0, noise('replace_prior', 0))
+  else:
+    x[:, known] = y[known]
+  for i, t in enumerate(times):
+    vec_t = np.full(len(x), t)
+    if corrector == 'ald':
+      alpha = 1.0 if name == 'vesde' else 1.0 - betas[int(np.floor(t * (n - 1)))]
+      step = 2 * alpha * (snr * gaussian.mean_std(name, np.float64(t))[1])**2
+      x = x + step * score_fn(None, x, vec_t) + np.sqrt(2 * step) * noise('corrector', i)
+    x = replace(x, t, noise('replace_corrector', i))
+    score = score_fn(None, x, vec_t)
+    x_mean = _reverse_diffusion(name, x, t, score, 0.0, n)
+    x = _reverse_diffusion(name, x, t, score, noise('predictor', i), n)
+    x = replace(x, ends[i], noise('replace_predictor', i))
+  if rule == 'package':
+    return x, replace(x_mean, 0.0, np.zeros_like(x))
+  m_last = gaussian.mean_std(name, np.float64(times[-1]))[0]
+  x_mean = x.copy()
+  x_mean[:, known] = m_last * y[known]
+  return x, x_mean
+
+
+def package_noise(key, shape):
+  """``noise`` for :func:`numpy_inpainter`: the draws of the package's inpainter from ``key``,
+  by the streams it documents (per-example keys ``k_i``, one stage id per kind of draw, the step
+  index folded in; a corrector's j-th step folds in j once more)."""
+  keys = rng.per_example_keys(key, shape[0])
+  stage = {'prior': pc.PRIOR, 'replace_prior': controllable.REPLACE_PRIOR,
+           'corrector': pc.CORRECTOR, 'predictor': pc.PREDICTOR,
+           'replace_corrector': controllable.REPLACE_CORRECTOR,
+           'replace_predictor': controllable.REPLACE_PREDICTOR}
+
+  def noise(kind, n):
+    k = rng.fold_in_all(keys, stage[kind])
+    if kind not in ('prior', 'replace_prior'):
+      k = rng.fold_in_all(k, n)
+    if kind == 'corrector':
+      k = rng.fold_in_all(k, 0)
+    return np.asarray(rng.normal(k, shape), np.float64)
+
+  return noise
+
+
+def numpy_noise(seed, shape):
+  """``noise`` for :func:`numpy_inpainter` from NumPy's generator."""
+  gen = np.random.default_rng(seed)
+  return lambda kind, n: gen.standard_normal(shape)
 
 
 def exact_conditional(mean, cov, basis, known, y):
@@ -263,6 +338,88 @@ def test_replacement_lies_between_conditional_and_unconditional():
   assert np.all(np.linalg.eigvalsh(c - cond_cov[np.ix_(free, free)]) > 0)
 
 
+# The package's inpainter against the original's rule, with the same draws. N = 100 steps (VP's
+# reverse-diffusion step needs beta_max / N < 1), 16 examples.
+PATH_STEPS, PATH_SHAPE = 100, (16, 4)
+
+
+def _package_inpaint(name, key, **options):
+  """(x, x_mean) of the package's inpainter of Y4 / MASK4: ``denoise`` False, then True."""
+  sde = SDES[name](N=PATH_STEPS)
+  data = jnp.broadcast_to(jnp.asarray(Y4, jnp.float32), PATH_SHAPE)
+  out = []
+  for denoise in (False, True):
+    sampler = controllable.get_pc_inpainter(sde, PATH_SHAPE, denoise=denoise, **options)
+    x, _ = sampler(key, gaussian_score(name, MU4, COV4), None, data, jnp.asarray(MASK4))
+    out.append(np.asarray(x, np.float64))
+  return out
+
+
+# float32 (package) against float64 over 100 steps: measured at most 1.1e-6 (VE, VP, sub-VP, with
+# and without corrector); the rules' differences and other draws move x by 2e-3 to 0.15.
+PATH_ATOL = 1e-5
+
+
+@pytest.mark.parametrize('name', list(SDES))
+def test_replacement_without_corrector_is_the_originals_rule(name):
+  """Without a corrector the package's rule and the original's give the same unknown pixels from
+  the same draws (x, not denoised); only the known pixels' last values differ (y in the package,
+  ``m(eps) y + s(eps) z`` in the original).
+
+  Why: in both rules the predictor of step n sees the known pixels set at t_n by the
+  replacement that follows the (absent) corrector; the replacement after the predictor, at t_n
+  in the original and at t_{n+1} in the package, is overwritten before anything reads it, except
+  after the last step; and the known pixels' starting values (data, or a noisy draw) are
+  overwritten before the first predictor.
+  """
+  key = jax.random.key(21)
+  noise = package_noise(key, PATH_SHAPE)
+  x, x_mean = _package_inpaint(name, key, corrector='none')
+  free, known, tol = MASK4 == 0, MASK4 > 0, PATH_ATOL
+  orig_x, _ = numpy_inpainter(name, MU4, COV4, Y4, MASK4, noise, PATH_STEPS, 'original')
+  np.testing.assert_allclose(x[:, free], orig_x[:, free], rtol=0, atol=tol)
+  np.testing.assert_allclose(x[:, known], np.broadcast_to(Y4[known], (len(x), 2)), atol=1e-6)
+  # The package's denoised output is its rule's x_mean (the last predictor's mean, and y).
+  pkg_x, pkg_mean = numpy_inpainter(name, MU4, COV4, Y4, MASK4, noise, PATH_STEPS, 'package')
+  np.testing.assert_allclose(x, pkg_x, rtol=0, atol=tol)
+  np.testing.assert_allclose(x_mean, pkg_mean, rtol=0, atol=tol)
+  # The comparison sees the known pixels' noise: other draws there move the unknown pixels.
+  swapped = lambda kind, n: noise({'replace_corrector': 'replace_predictor'}.get(kind, kind), n)
+  other, _ = numpy_inpainter(name, MU4, COV4, Y4, MASK4, swapped, PATH_STEPS, 'original')
+  assert np.abs(other[:, free] - orig_x[:, free]).max() > 100 * tol
+
+
+@pytest.mark.parametrize('name', list(SDES))
+def test_replacement_with_corrector_is_the_documented_rule(name):
+  """With a corrector (ALD) the rules differ where docs/controllable.md says: the package's
+  inpainter equals the NumPy rule with the package's three changes, pixel for pixel, and the
+  original's rule (the corrector sees the known pixels at t_{n-1}, and at the start the data
+  itself) gives other unknown pixels."""
+  key = jax.random.key(22)
+  noise = package_noise(key, PATH_SHAPE)
+  x, x_mean = _package_inpaint(name, key, corrector='ald', snr=0.16)
+  tol, free = PATH_ATOL, MASK4 == 0
+  pkg_x, pkg_mean = numpy_inpainter(name, MU4, COV4, Y4, MASK4, noise, PATH_STEPS, 'package',
+                                    corrector='ald')
+  np.testing.assert_allclose(x, pkg_x, rtol=0, atol=tol)
+  np.testing.assert_allclose(x_mean, pkg_mean, rtol=0, atol=tol)
+  orig_x, _ = numpy_inpainter(name, MU4, COV4, Y4, MASK4, noise, PATH_STEPS, 'original',
+                              corrector='ald')
+  assert np.abs(orig_x[:, free] - x[:, free]).max() > 10 * tol
+
+
+@pytest.mark.parametrize('name', list(SDES))
+def test_original_rule_samples_the_packages_distribution(name):
+  """The original's rule (NumPy, its own draws, denoised output: x on the unknown pixels and
+  ``m(eps) y`` on the known) and the package's replacement sampler give the same Gaussian, within
+  the statistical tolerance: the outputs differ only by the last step's noise on the unknown
+  pixels (std sqrt(beta_0) ~ 0.014 for VP, less for VE and sub-VP) and by ``1 - m(eps) < 1e-4``
+  on the known ones, both inside the bias allowance."""
+  noise = numpy_noise(3, (N_SAMPLES, 4))
+  _, orig_mean = numpy_inpainter(name, MU4, COV4, Y4, MASK4, noise, N_STEPS, 'original')
+  assert_same_gaussian(run('inpaint', name, 'replacement'), orig_mean)
+
+
 def _small_inpainter(name, n=20, batch=3, **options):
   sde = SDES[name](N=n)
   return sde, controllable.get_pc_inpainter(sde, (batch, 4), **options)
@@ -333,17 +490,13 @@ def test_colorizer_keeps_gray_on_images():
 
 def test_no_retrace_for_new_params_data_and_key():
   traces = []
-  base = gaussian_score('vesde', MU4, COV4)
-
-  def score(params, x, t):
-    traces.append(1)
-    return params * base(None, x, t)
-
+  score = gaussian_score('vesde', MU4, COV4, scaled=True, traces=traces)
   sde, sampler = _small_inpainter('vesde', method='tmpd', corrector='none', solver_iters=1)
   data = jnp.ones((3, 4))
-  x1, _ = sampler(jax.random.key(0), score, jnp.float32(1.0), data, jnp.asarray(MASK4))
+  x1, _ = sampler(jax.random.key(0), score, {'scale': jnp.float32(1.0)}, data, jnp.asarray(MASK4))
   n = len(traces)
-  x2, _ = sampler(jax.random.key(1), score, jnp.float32(0.5), data * 2, jnp.asarray(1 - MASK4))
+  x2, _ = sampler(jax.random.key(1), score, {'scale': jnp.float32(0.5)}, data * 2,
+                  jnp.asarray(1 - MASK4))
   assert len(traces) == n > 0
   assert not np.allclose(np.asarray(x1), np.asarray(x2))
 
@@ -385,44 +538,14 @@ MIXTURE = gaussian.GaussianMixture(
                    [[0.5, 0.0], [0.0, 0.3]]]))
 
 
-def _mixture_terms(name, x, t):
-  """Per component k: ``log w_k + log N(x; m mu_k, m^2 S_k + s^2 I)`` (B, K) and its gradient
-  in x (B, K, d), in the eigenbasis of each S_k (cheaper than the oracle's inverses)."""
-  lam, u = (jnp.asarray(a, jnp.float32) for a in np.linalg.eigh(MIXTURE.covs))
-  mu, logw = jnp.asarray(MIXTURE.means, jnp.float32), jnp.log(jnp.asarray(MIXTURE.weights))
-  m, s = gaussian.mean_std(name, t)
-  diff = x[:, None, :] - m[:, None, None] * mu[None]
-  y = jnp.einsum('bkd,kde->bke', diff, u)
-  var = m[:, None, None]**2 * lam[None] + s[:, None, None]**2
-  logc = logw[None] - 0.5 * jnp.sum(y**2 / var + jnp.log(2 * jnp.pi * var), axis=-1)
-  return logc, -jnp.einsum('bke,kde->bkd', y / var, u)
-
-
 def mixture_score_fn(name):
   """The exact score of the perturbed mixture, ``sum_k p_t(k | x) grad log N_k``."""
-
-  def score(params, x, t):
-    del params
-    logc, grads = _mixture_terms(name, x, t)
-    return jnp.einsum('bk,bkd->bd', jax.nn.softmax(logc, axis=-1), grads)
-
-  return score
+  return MIXTURE.score_fn(name)
 
 
 def mixture_logit_fn(name):
   """The exact noisy classifier ``log p_t(k | x)`` up to a constant in k."""
-  return lambda params, x, t: _mixture_terms(name, x, t)[0]
-
-
-def test_mixture_helpers_match_the_oracle():
-  x = jax.random.normal(jax.random.key(0), (4, 2)) * 2.0
-  t = jnp.array([1e-3, 0.2, 0.6, 1.0])
-  for name in SDES:
-    chex.assert_trees_all_close(mixture_score_fn(name)(None, x, t), MIXTURE.score_t(name, x, t),
-                                rtol=1e-4, atol=1e-5)
-    logits = mixture_logit_fn(name)(None, x, t)
-    chex.assert_trees_all_close(jax.nn.logsumexp(logits, axis=-1),
-                                MIXTURE.log_prob_t(name, x, t), rtol=1e-5, atol=1e-5)
+  return lambda params, x, t: MIXTURE.component_logits(name, x, t)
 
 
 def bayes_classes(x):
@@ -499,21 +622,20 @@ def test_classifier_noise_level_is_the_sdes(name):
 
 # --- Jobs (the command line's functions) on a tiny RGB model -------------------------
 
+# The digits classifier config shrunk by the test recipe (tests.helpers: DDPM++ and WRN-10-1 at
+# 8x8), on 3 channels, in 25 steps (DDPM's reverse-diffusion step needs beta_max / N < 1).
+# Langevin's step divides by the norm of the (zero) score: no corrector.
+TINY_RGB = dict(data=dict(dataset='CIFAR10', num_channels=3), model=dict(num_scales=25),
+                sampling=dict(corrector='none'), eval=dict(batch_size=2))
+
+
 def _tiny_rgb_workdir(tmp_path):
   """A tiny DDPM++ (8x8 RGB, 25 steps) and WRN classifier saved with zero parameters, and a
   folder of two PNG images."""
   from PIL import Image
-  from configs.digits import classifier
   from sde_jax import checkpoints, models
   from sde_jax.models import classifier as classifier_lib
-  config = classifier.get_config()
-  config.data.update(dataset='CIFAR10', image_size=8, num_channels=3)
-  # 25 steps: DDPM's reverse-diffusion step needs beta_max / N < 1.
-  config.model.update(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_scales=25)
-  config.classifier.update(blocks_per_group=1, channel_multiplier=1, embedding_size=8)
-  config.controllable.solver_iters = 1
-  config.sampling.corrector = 'none'  # Langevin's step divides by the norm of the (zero) score
-  config.eval.batch_size = 2
+  config = helpers.tiny_config('digits/classifier.py', **TINY_RGB)
   # Zero parameters (the score is 0, the logits constant): the jobs' plumbing is under test,
   # and initialising for real would compile both networks once more.
   init = lambda model: jax.tree_util.tree_map(
@@ -532,13 +654,7 @@ def _tiny_rgb_workdir(tmp_path):
   return config, str(folder)
 
 
-TINY_FLAGS = ['--config=configs/digits/classifier.py', '--config.data.dataset=CIFAR10',
-              '--config.data.image_size=8', '--config.data.num_channels=3', '--config.model.nf=8',
-              '--config.model.ch_mult=(1,)', '--config.model.num_res_blocks=1',
-              '--config.model.attn_resolutions=()', '--config.model.num_scales=25',
-              '--config.classifier.blocks_per_group=1', '--config.classifier.channel_multiplier=1',
-              '--config.classifier.embedding_size=8', '--config.controllable.solver_iters=1',
-              '--config.sampling.corrector=none', '--config.eval.batch_size=2']
+TINY_FLAGS = helpers.tiny_flags('digits/classifier.py', **TINY_RGB)
 
 
 def run_ok(*argv) -> str:

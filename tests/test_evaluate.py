@@ -29,6 +29,7 @@ from sde_jax import checkpoints, evaluate, reproduce
 from sde_jax import workdir as workdir_lib
 from sde_jax.evaluate import checkpoint_index
 from sde_jax.metrics import fid, inception
+from tests import helpers
 from tests.helpers import parse_flags, subprocess_env
 
 # config_flags loads config files with importlib's deprecated load_module(); not ours to fix.
@@ -39,22 +40,17 @@ CONFIG = ROOT / 'configs' / 've' / 'cifar10_ncsnpp_continuous.py'
 CHECKPOINT = pathlib.Path(__file__).parent / 'data' / 'jax_ve_ncsnpp_continuous_tiny_checkpoint_5'
 MOCK_EXAMPLES = 12  # per split: two batches of 8, the second padded
 NUM_SAMPLES = 20  # three rounds of 8, the last one cut
-TINY_INCEPTION = dict(width=1 / 16, image_size=75)
+TINY_INCEPTION = helpers.tiny_inception_options()  # width 1/16, 75x75 inputs
 
 
 def config_flags_for(weights, stats):
-  """The command-line flags of the tiny job (the network of the reference checkpoint)."""
-  return [
-      f'--config={CONFIG}', '--config.model.nf=16', '--config.model.ch_mult=(1,2,2)',
-      '--config.model.num_res_blocks=1', '--config.model.attn_resolutions=(8,)',
-      '--config.data.image_size=16', '--config.model.num_scales=4',
-      '--config.eval.batch_size=8', f'--config.eval.inception_weights={weights}',
-      '--config.eval.inception_width=0.0625', '--config.eval.inception_image_size=75',
-      f'--config.eval.stats_path={stats}', '--config.eval.begin_ckpt=5',
-      '--config.eval.end_ckpt=5', '--config.eval.enable_sampling=True',
-      '--config.eval.enable_bpd=True', f'--config.eval.num_samples={NUM_SAMPLES}',
-      '--config.eval.bpd_num_repeats=1', '--config.eval.bpd_solver=dopri5',
-      '--config.eval.bpd_rtol=0.1', '--config.eval.bpd_atol=0.1']
+  """The command-line flags of the tiny job: the network of the reference checkpoint and the
+  recipe's sizes (tests.helpers), sampled in 4 steps, and this module's evaluation."""
+  return helpers.reference_flags(
+      model=dict(num_scales=4),
+      eval=dict(inception_weights=str(weights), stats_path=str(stats), begin_ckpt=5,
+                end_ckpt=5, enable_sampling=True, enable_bpd=True, num_samples=NUM_SAMPLES,
+                bpd_solver='dopri5', bpd_rtol=0.1, bpd_atol=0.1))
 
 
 def mock_data():

@@ -22,7 +22,6 @@ from sde_jax import sampling
 from sde_jax import sde as sde_lib
 from sde_jax.sampling import dpm_solver, heun, schedules
 from tests import gaussian
-from tests.helpers import counting
 
 MEAN = np.array([1.0, -0.5])
 COV = np.array([[1.0, 0.5], [0.5, 0.8]])
@@ -32,22 +31,10 @@ EPS = 1e-3
 LOW_DIM = pytest.mark.filterwarnings('ignore:method=.adaptive_sde. accepts or rejects')
 
 
-def gaussian_score(name: str):
+def gaussian_score(name: str, **options):
   """Exact score of N(MEAN, COV) under the SDE ``name`` for x of shape (B, ..., 2), any float
-  dtype: ``-(m^2 COV + s^2 I)^{-1} (x - m MEAN)`` in the eigenbasis of COV."""
-  lam, u = np.linalg.eigh(COV)
-
-  def score(params, x, t):
-    del params
-    m, s = gaussian.mean_std(name, t.astype(x.dtype))
-    col = (-1,) + (1,) * (x.ndim - 1)
-    m, s = m.reshape(col), s.reshape(col)
-    lam_, u_, mean = (jnp.asarray(a, x.dtype).reshape((1,) * (x.ndim - 1) + a.shape)
-                      for a in (lam, u, MEAN))
-    y = jnp.einsum('...i,...ij->...j', x - m * mean, u_)
-    return -jnp.einsum('...j,...ij->...i', y / (m**2 * lam_ + s**2), u_)
-
-  return score
+  dtype (tests/gaussian.py)."""
+  return gaussian.score_fn(name, MEAN, COV, **options)
 
 
 def tweedie(name, x, t):
@@ -213,7 +200,8 @@ def test_dpm_solver_3m_logsnr_at_least_third_order():
     ('heun', 5, dict(denoise=False, churn=5.0)),
 ])
 def test_fixed_step_nfe_is_the_budget(method, nfe, options):
-  score, calls = counting(gaussian_score('vpsde'))
+  calls = []
+  score = gaussian_score('vpsde', calls=calls)
   sampler = sampling.get_sampler(method, sde_lib.VPSDE(), (4, 2), nfe=nfe, **options)
   x, spent = sampler(jax.random.key(0), score, None)
   jax.effects_barrier()
@@ -223,7 +211,8 @@ def test_fixed_step_nfe_is_the_budget(method, nfe, options):
 
 @LOW_DIM
 def test_adaptive_nfe_counts_real_evaluations():
-  score, calls = counting(gaussian_score('vesde'))
+  calls = []
+  score = gaussian_score('vesde', calls=calls)
   sampler = sampling.get_adaptive_sde_sampler(sde_lib.VESDE(), (4, 2), rtol=0.1)
   _, spent = sampler(jax.random.key(0), score, None)
   jax.effects_barrier()
@@ -368,12 +357,8 @@ def test_sampler_from_config_matches_direct_call(fields, direct):
 @LOW_DIM
 @pytest.mark.parametrize('method', ['dpm_solver++', 'heun', 'adaptive_sde'])
 def test_no_retrace_for_new_params_key_index(method):
-  traces = []
-  base = gaussian_score('vesde')
-
-  def score(params, x, t):
-    traces.append(1)  # Python runs this only while JAX traces it.
-    return params['scale'] * base(None, x, t)
+  traces = []  # grows each time Python runs the score, which it does only while JAX traces it
+  score = gaussian_score('vesde', scaled=True, traces=traces)
 
   options = {} if method == 'adaptive_sde' else {'nfe': 6}
   sampler = sampling.get_sampler(method, sde_lib.VESDE(), (4, 3, 2), **options)

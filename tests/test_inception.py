@@ -22,10 +22,12 @@ import pytest
 
 from sde_jax.checkpoints import CheckpointError
 from sde_jax.metrics import inception
+from tests import helpers
 
 DATA = pathlib.Path(__file__).parent / 'data'
 REFERENCE = DATA / 'pytorch_fid_inception.npz'
-TINY = inception.InceptionV3(width=1 / 16, image_size=75)
+# The recipe's FID network (configs/_runlocal.py): width 1/16, 75x75 inputs.
+TINY = inception.InceptionV3(**helpers.tiny_inception_options())
 
 # --------------------------------------------------------------------------------------------
 # The reference weights and images (numpy only, so that any environment makes the same ones).

@@ -37,22 +37,13 @@ def _gaussian(dim: int):
   return rs.uniform(-0.5, 0.5, size=dim), a @ a.T + 0.05 * np.eye(dim)
 
 
-def _score_fn(name, mean, cov, counter=None):
-  """Exact score in the library's form; ``params['scale']`` multiplies it (1 = exact).
+def _score_fn(name, mean, cov, calls=None, traces=None):
+  """Exact score of N(mean, cov), one draw per example of any shape (tests/gaussian.py);
+  ``params['scale']`` multiplies it (1 = exact).
 
-  ``counter['calls']`` counts runtime evaluations (a debug callback), ``counter['traces']``
-  Python traces.
+  ``calls`` counts runtime evaluations (a debug callback), ``traces`` Python traces.
   """
-  mixture = gaussian.GaussianMixture.single(mean, cov)
-
-  def score_fn(params, x, t):
-    if counter is not None:
-      counter['traces'] += 1
-      jax.debug.callback(lambda: counter.__setitem__('calls', counter['calls'] + 1))
-    score = mixture.score_t(name, x.reshape(x.shape[0], -1), t).reshape(x.shape)
-    return params['scale'] * score
-
-  return score_fn
+  return gaussian.score_fn(name, mean, cov, scaled=True, calls=calls, traces=traces)
 
 
 def _gaussian_logpdf(name, mean, cov, x, t):
@@ -179,30 +170,30 @@ def test_example_does_not_depend_on_its_batch():
 @pytest.mark.parametrize('exact_trace', [False, True])
 def test_nfe_counts_score_evaluations(exact_trace):
   mean, cov = _gaussian(4)
-  counter = {'calls': 0, 'traces': 0}
-  score_fn = _score_fn('vesde', mean, cov, counter)
+  calls = []
+  score_fn = _score_fn('vesde', mean, cov, calls=calls)
   fn = likelihood.get_likelihood_fn(SDES['vesde'], CENTERED, exact_trace=exact_trace)
   data = _data(mean, cov, 2, (2, 2, 1))
   fn(jax.random.key(0), score_fn, {'scale': 1.0}, data)  # compile
   jax.effects_barrier()
-  counter['calls'] = 0
+  calls.clear()
   _, _, nfe = fn(jax.random.key(1), score_fn, {'scale': 1.0}, data)
   jax.effects_barrier()
-  assert counter['calls'] > 7  # more than one step
-  assert int(nfe) == counter['calls']
+  assert len(calls) > 7  # more than one step
+  assert int(nfe) == len(calls)
 
 
 def test_no_retrace_on_new_params_key_or_index():
   mean, cov = _gaussian(4)
-  counter = {'calls': 0, 'traces': 0}
-  score_fn = _score_fn('vpsde', mean, cov, counter)
+  traces = []
+  score_fn = _score_fn('vpsde', mean, cov, traces=traces)
   fn = likelihood.get_likelihood_fn(SDES['vpsde'], CENTERED)
   data = _data(mean, cov, 2, (2, 2, 1))
   bpd = fn(jax.random.key(0), score_fn, {'scale': jnp.float32(1.0)}, data)[0]
-  traces = counter['traces']
+  n_traces = len(traces)
   scaled = fn(jax.random.key(1), score_fn, {'scale': jnp.float32(0.5)}, data, first_index=5)[0]
   fn(jax.random.key(2), score_fn, {'scale': jnp.float32(2.0)}, data, None, 9)
-  assert counter['traces'] == traces
+  assert len(traces) == n_traces
   # params really are an input, not a constant baked into the program.
   assert np.all(np.abs(np.asarray(scaled - bpd)) > 1e-3)
 

@@ -30,12 +30,9 @@ def _data(key):
 
 
 def _continuous_score(name):
-  def score_fn(params, x, t, key=None):
-    m, std = gaussian.mean_std(name, t)
-    v = m**2 * S2 + std**2
-    return -(x - (m * MU)[:, None]) / v[:, None] * params
-
-  return score_fn
+  """Exact score of the data N(MU, S2 I) in DIM dimensions (tests/gaussian.py), times
+  ``params['scale']``."""
+  return gaussian.score_fn(name, np.full(DIM, MU), S2 * np.eye(DIM), scaled=True)
 
 
 def _g2(name, t):
@@ -70,19 +67,19 @@ def test_continuous_loss_at_exact_score_is_analytic_minimum(name):
   sde = {'vesde': sde_lib.VESDE(), 'vpsde': sde_lib.VPSDE(), 'subvpsde': sde_lib.SubVPSDE()}[name]
   loss_fn = jax.jit(losses.get_sde_loss_fn(sde, _continuous_score(name)))
   batch = _data(jax.random.key(0))
-  loss, aux = loss_fn(1.0, jax.random.key(1), batch)
+  loss, aux = loss_fn({'scale': 1.0}, jax.random.key(1), batch)
   chex.assert_shape(aux['per_example'], (BATCH,))
   _within_standard_errors(loss, aux['per_example'], _expected_continuous(name, False))
   # It is a minimum: scaling the exact score up or down costs more (same random numbers).
   for scale in (0.9, 1.1):
-    assert loss_fn(scale, jax.random.key(1), batch)[0] > loss
+    assert loss_fn({'scale': scale}, jax.random.key(1), batch)[0] > loss
 
 
 def test_likelihood_weighted_loss_ve():
   """For VE, g^2 / std^2 = 2 log(sigma_max / sigma_min) is constant, so the estimate is tame."""
   loss_fn = jax.jit(losses.get_sde_loss_fn(sde_lib.VESDE(), _continuous_score('vesde'),
                                            likelihood_weighting=True))
-  loss, aux = loss_fn(1.0, jax.random.key(3), _data(jax.random.key(2)))
+  loss, aux = loss_fn({'scale': 1.0}, jax.random.key(3), _data(jax.random.key(2)))
   _within_standard_errors(loss, aux['per_example'], _expected_continuous('vesde', True))
 
 
@@ -93,10 +90,99 @@ def test_likelihood_weighted_loss_is_minimal_at_exact_score(name):
   loss_fn = jax.jit(losses.get_sde_loss_fn(sde, _continuous_score(name),
                                            likelihood_weighting=True))
   batch = _data(jax.random.key(4))
-  loss = loss_fn(1.0, jax.random.key(5), batch)[0]
+  loss = loss_fn({'scale': 1.0}, jax.random.key(5), batch)[0]
   assert np.isfinite(loss)
   for scale in (0.95, 1.05):
-    assert loss_fn(scale, jax.random.key(5), batch)[0] > loss
+    assert loss_fn({'scale': scale}, jax.random.key(5), batch)[0] > loss
+
+
+# --- The value of the likelihood-weighted loss ----------------------------------------------------
+
+EPS = 1e-5  # get_sde_loss_fn's default: t ~ U[eps, T]
+SHAPE = (128, 2, 3)  # the per-example reduction runs over all but the batch axis
+
+
+def _affine_score(params, x, t, key=None):
+  """A fixed score that is wrong for the data at every t: ``-(1 + t) (x - 1/2)`` (numpy or jax)."""
+  del params, key
+  col = t.reshape((-1,) + (1,) * (x.ndim - 1))
+  return -(1.0 + col) * (x - 0.5)
+
+
+def _draws(key, shape, eps=EPS):
+  """t (B,) and z (B, ...) as ``get_sde_loss_fn`` draws them from ``key``, written from its
+  documented key layout with plain jax.random calls: ``k_t, k_z, k_model = split(key, 3)``
+  (``losses._split``), and example i draws from ``fold_in(k_t, i)`` and ``fold_in(k_z, i)``
+  (``sde_jax.rng``: sample i's randomness comes from ``fold_in(key, i)``);
+  ``t = U[0, 1) (T - eps) + eps``, z standard normal of the example's shape."""
+  k_t, k_z, _ = jax.random.split(key, 3)
+  index = jnp.arange(shape[0], dtype=jnp.uint32)
+  u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(k_t, i), ()))(index)
+  z = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k_z, i), shape[1:]))(index)
+  return u * (1.0 - eps) + eps, z
+
+
+def _weighted_losses(name, batch, t, z, reduce_mean, weight):
+  """Per-example ``weight(t) * reduce((s(x_t, t) + z / std)^2)`` in float64 from the paper's
+  kernel (tests/gaussian.py): ``x_t = m(t) x_0 + std(t) z``, reduce the mean over the data
+  dimensions or half their sum."""
+  batch, t, z = (np.asarray(a, np.float64) for a in (batch, t, z))
+  m, std = gaussian.mean_std(name, t)
+  col = lambda a: a.reshape((-1,) + (1,) * (batch.ndim - 1))
+  x_t = col(m) * batch + col(std) * z
+  sq = ((_affine_score(None, x_t, t) + z / col(std))**2).reshape(len(t), -1)
+  reduced = sq.mean(axis=1) if reduce_mean else 0.5 * sq.sum(axis=1)
+  return weight * reduced
+
+
+@pytest.mark.parametrize('reduce_mean', [True, False])
+@pytest.mark.parametrize('name', ['vesde', 'vpsde', 'subvpsde'])
+def test_likelihood_weighted_loss_value(name, reduce_mean):
+  """The loss with likelihood weighting at a wrong score, against its value computed here.
+
+  Song et al. (2021b): the weight is ``lambda(t) = g(t)^2`` (in place of ``std^2``), i.e.
+  ``beta(t)`` for VP, ``beta(t) (1 - exp(-2 int_0^t beta))`` for sub-VP and
+  ``sigma(t)^2 2 log(sigma_max / sigma_min)`` for VE (``_g2``, from the paper's definitions, not
+  from ``sde.sde``). t comes from the loss's aux; z is drawn again from the same key with the
+  key layout the code documents (``_draws``), and the x_t the score function sees confirms it.
+
+  Tolerance: float32 arithmetic in the library (about ten roundings of 6e-8 on each example's
+  terms, none cancelling: the wrong score never offsets z / std) against float64 here: rtol 2e-5.
+  The weightings a mistake would give differ by far more (checked below).
+  """
+  sde = {'vesde': sde_lib.VESDE(), 'vpsde': sde_lib.VPSDE(), 'subvpsde': sde_lib.SubVPSDE()}[name]
+  batch = MU + np.sqrt(S2) * jax.random.normal(jax.random.key(10), SHAPE)
+  key = jax.random.key(11)
+  seen = []
+
+  def recording_score(params, x, t, key=None):
+    seen.append(np.asarray(x, np.float64))
+    return _affine_score(params, x, t, key)
+
+  # Not jitted, so that the score sees concrete arrays and can record x_t.
+  loss, aux = losses.get_sde_loss_fn(sde, recording_score, reduce_mean=reduce_mean,
+                                     likelihood_weighting=True)(None, key, batch)
+  t, z = _draws(key, SHAPE)
+  np.testing.assert_array_equal(aux['t'], t)
+  t64 = np.asarray(t, np.float64)
+  m, std = gaussian.mean_std(name, t64)
+  col = lambda a: a.reshape((-1, 1, 1))
+  np.testing.assert_allclose(seen[0], col(m) * np.asarray(batch, np.float64)
+                             + col(std) * np.asarray(z, np.float64), rtol=1e-5, atol=1e-5)
+
+  expected = _weighted_losses(name, batch, t, z, reduce_mean, _g2(name, t64))
+  np.testing.assert_allclose(aux['per_example'], expected, rtol=2e-5)
+  np.testing.assert_allclose(loss, expected.mean(), rtol=2e-5)
+
+  # The test tells the right weighting from the wrong ones: std^2 (no likelihood weighting),
+  # VP's beta for sub-VP (or sub-VP's discount for VP), a missing 1/2 or mean.
+  wrong = [_weighted_losses(name, batch, t, z, reduce_mean, std**2)]
+  if name != 'vesde':
+    other = 'subvpsde' if name == 'vpsde' else 'vpsde'
+    wrong.append(_weighted_losses(name, batch, t, z, reduce_mean, _g2(other, t64)))
+  wrong.append(_weighted_losses(name, batch, t, z, not reduce_mean, _g2(name, t64)))
+  for values in wrong:
+    assert np.max(np.abs(values / expected - 1)) > 100 * 2e-5
 
 
 def _level_score(table_fn):

@@ -17,22 +17,18 @@ import jax
 import numpy as np
 
 from sde_jax import checkpoints
+from tests.helpers import tiny_flags
 from tests.test_launch import ROOT, fake_srun_env, load_local
 
 LOCAL = os.path.join(ROOT, 'launch', 'local.py')
 SLURM = os.path.join(ROOT, 'launch', 'slurm.sh')
 PSUM_WORKER = [sys.executable, '-m', 'tests.test_multihost', 'psum']
 TRAIN_WORKER = [sys.executable, '-m', 'tests.test_multihost', 'train']
-# A tiny DDPM++ on 8x8 digits: 3 steps of a global batch of 8, all logged, one checkpoint at the
-# end; no warm-up, so the parameters move.
-TINY = ['--config', 'configs/digits/ddpmpp_continuous.py', '--config.model.nf=8',
-        '--config.model.ch_mult=(1,)', '--config.model.num_res_blocks=1',
-        '--config.model.attn_resolutions=()', '--config.data.image_size=8',
-        '--config.training.batch_size=8', '--config.training.n_iters=3',
-        '--config.training.n_jitted_steps=1', '--config.training.log_freq=1',
-        '--config.training.eval_freq=1000', '--config.training.snapshot_freq=1000',
-        '--config.training.snapshot_freq_for_preemption=1000',
-        '--config.training.snapshot_sampling=False', '--config.optim.warmup=0']
+# The test recipe's DDPM++ on 8x8 digits (tests.helpers): 3 steps of a global batch of 8, all
+# logged, one checkpoint at the end; no warm-up, so the parameters move.
+TINY = tiny_flags('digits/ddpmpp_continuous.py', training=dict(
+    n_iters=3, n_jitted_steps=1, log_freq=1, eval_freq=1000, snapshot_freq=1000,
+    snapshot_freq_for_preemption=1000))
 # Unoptimised XLA code compiles ~5x faster on CPU; both runs use it, so they stay comparable.
 FAST_COMPILE = '--xla_backend_optimization_level=0'
 

@@ -26,7 +26,6 @@ from sde_jax import sde as sde_lib
 from sde_jax import sampling
 from sde_jax.sampling import pc
 from tests import gaussian
-from tests.helpers import counting
 
 MEAN = np.array([1.0, -0.5])
 COV = np.array([[1.0, 0.5], [0.5, 0.8]])
@@ -36,36 +35,10 @@ SDES = {'vesde': sde_lib.VESDE, 'vpsde': sde_lib.VPSDE, 'subvpsde': sde_lib.SubV
 NO_ANCESTRAL = ('subvpsde',)
 
 
-def gaussian_score(name: str, mean=MEAN, cov=COV):
-  """Exact score of N(mean, cov) perturbed by the SDE ``name``, for x of shape (B, R, d).
-
-  ``-(m^2 cov + s^2 I)^{-1} (x - m mean)`` evaluated in the eigenbasis of cov: a few
-  multiplications where the oracle's ``score_t`` inverts a matrix per example (5x slower).
-  ``test_gaussian_score_matches_oracle`` ties the two together.
-  """
-  lam, u = np.linalg.eigh(cov)
-  lam, u, mean = (jnp.asarray(a, jnp.float32) for a in (lam, u, mean))
-
-  def score(params, x, t):
-    del params
-    m, s = gaussian.mean_std(name, t)
-    m, s = m[:, None, None], s[:, None, None]
-    y = (x - m * mean[None, None, :]) @ u
-    return -(y / (m**2 * lam[None, None, :] + s**2)) @ u.T
-
-  return score
-
-
-def oracle_score(name: str, mixture: gaussian.GaussianMixture):
-  """``mixture.score_t`` for x of shape (B, ..., d); the copies are folded into the batch."""
-
-  def score(params, x, t):
-    del params
-    flat = x.reshape(-1, x.shape[-1])
-    reps = flat.shape[0] // x.shape[0]
-    return mixture.score_t(name, flat, jnp.repeat(t, reps)).reshape(x.shape)
-
-  return score
+def gaussian_score(name: str, **options):
+  """Exact score of N(MEAN, COV) perturbed by the SDE ``name``, for x of shape (B, ..., 2): each
+  example holds copies of the 2-D Gaussian (tests/gaussian.py)."""
+  return gaussian.score_fn(name, MEAN, COV, **options)
 
 
 def mean_cov_tolerance(n: int, bias: float, z: float = 4.0):
@@ -88,15 +61,6 @@ def assert_gaussian(x, bias):
   err_cov = np.abs(np.cov(pairs.T) - COV)
   assert np.all(err_mean <= tol_mean), (pairs.mean(0), tol_mean)
   assert np.all(err_cov <= tol_cov), (np.cov(pairs.T), tol_cov)
-
-
-def test_gaussian_score_matches_oracle():
-  mixture = gaussian.GaussianMixture.single(MEAN, COV)
-  x = jax.random.normal(jax.random.key(0), (5, 3, 2)) * 3.0
-  t = jnp.array([1e-3, 0.1, 0.4, 0.7, 1.0])
-  for name in SDES:
-    chex.assert_trees_all_close(gaussian_score(name)(None, x, t),
-                                oracle_score(name, mixture)(None, x, t), rtol=1e-4, atol=1e-5)
 
 
 # --- One step of each predictor and corrector against the paper's formulas -----------------------
@@ -257,8 +221,7 @@ def test_langevin_batch_samples_two_dimensional_gaussian(name):
   per-example rule diverges: 4096 pairs, the same allowances as above."""
   sde = SDES[name]()
   sampler = sampling.get_pc_sampler(sde, (4096, 2), 'reverse_diffusion', 'langevin_batch')
-  x, _ = sampler(jax.random.key(3), lambda p, x, t: gaussian_score(name)(p, x[:, None], t)[:, 0],
-                 None)
+  x, _ = sampler(jax.random.key(3), gaussian_score(name), None)
   assert_gaussian(x, BIAS['langevin_batch'])
 
 
@@ -339,7 +302,8 @@ def test_ode_decodes_exact_flow_map(name):
   sde = SDES[name]()
   shape = (16, 2)
   z = jax.random.normal(jax.random.key(1), shape) * gaussian.prior_std(name)
-  score, calls = counting(lambda params, x, t: gaussian_score(name)(params, x[:, None], t)[:, 0])
+  calls = []
+  score = gaussian_score(name, calls=calls)
   sampler = sampling.get_ode_sampler(sde, shape)
   x, nfe = sampler(jax.random.key(0), score, None, z=z)
   jax.effects_barrier()
@@ -358,8 +322,9 @@ def test_ode_denoise_adds_one_tweedie_step():
   sde = sde_lib.VESDE()
   shape = (16, 2)
   z = jax.random.normal(jax.random.key(1), shape) * gaussian.SIGMA_MAX
-  base = lambda params, x, t: gaussian_score('vesde')(params, x[:, None], t)[:, 0]
-  score, calls = counting(base)
+  base = gaussian_score('vesde')
+  calls = []
+  score = gaussian_score('vesde', calls=calls)
   x, nfe = sampling.get_ode_sampler(sde, shape)(jax.random.key(0), score, None, z=z)
   jax.effects_barrier()
   n_plain = len(calls)
@@ -377,7 +342,7 @@ def test_ode_draws_prior_per_example():
   """z=None: the prior is drawn per example, so the first samples of a larger batch agree up to
   the solver tolerance (the step sizes are chosen for the whole batch)."""
   sde = sde_lib.VPSDE()
-  score = lambda params, x, t: gaussian_score('vpsde')(params, x[:, None], t)[:, 0]
+  score = gaussian_score('vpsde')
   key = jax.random.key(7)
   x8, _ = sampling.get_ode_sampler(sde, (8, 2))(key, score, None)
   x3, _ = sampling.get_ode_sampler(sde, (3, 2))(key, score, None, first_index=2)
@@ -410,34 +375,25 @@ def assert_mode_weights(x):
 def test_pc_recovers_mixture_weights(name):
   shape = (32, COPIES, 2)
   sampler = sampling.get_pc_sampler(SDES[name](), shape)
-  x, _ = sampler(jax.random.key(0), oracle_score(name, MIXTURE), None)
+  x, _ = sampler(jax.random.key(0), MIXTURE.score_fn(name), None)
   assert_mode_weights(x)
 
 
 @pytest.mark.parametrize('name', ['vesde', 'vpsde'])
 def test_ode_recovers_mixture_weights(name):
   sampler = sampling.get_ode_sampler(SDES[name](), (2048, 2))
-  x, _ = sampler(jax.random.key(0), oracle_score(name, MIXTURE), None)
+  x, _ = sampler(jax.random.key(0), MIXTURE.score_fn(name), None)
   assert_mode_weights(x)
 
 
 # --- Compilation and randomness ------------------------------------------------------------------
 
-def _scaled_score(traces):
-  base = gaussian_score('vesde')
-
-  def score(params, x, t):
-    traces.append(1)  # Python runs this only while JAX traces it.
-    return params['scale'] * base(None, x, t)
-
-  return score
-
-
 @pytest.mark.filterwarnings('ignore:corrector=.langevin. takes its step size')  # tiny shapes on purpose
 @pytest.mark.parametrize('method', ['pc', 'ode'])
 def test_no_retrace_for_new_params_key_index(method):
   traces = []
-  score = _scaled_score(traces)
+  # traces grows each time Python runs the score, which it does only while JAX traces it.
+  score = gaussian_score('vesde', scaled=True, traces=traces)
   sampler = sampling.get_sampler(method, sde_lib.VESDE(N=20), (4, 3, 2))
   x1, _ = sampler(jax.random.key(0), score, {'scale': jnp.float32(1.0)})
   n = len(traces)
@@ -464,7 +420,8 @@ def test_pc_sample_independent_of_batch():
 @pytest.mark.filterwarnings('ignore:corrector=.langevin. takes its step size')  # tiny shapes on purpose
 def test_pc_nfe_counts_real_evaluations():
   sde = sde_lib.VESDE(N=10)
-  score, calls = counting(gaussian_score('vesde'))
+  calls = []
+  score = gaussian_score('vesde', calls=calls)
   for predictor, corrector, n_steps in [('reverse_diffusion', 'langevin', 2),
                                         ('none', 'ald', 3), ('ancestral_sampling', 'none', 1)]:
     sampler = sampling.get_pc_sampler(sde, (2, 1, 2), predictor, corrector, n_steps=n_steps)
@@ -511,7 +468,7 @@ def test_sampler_from_config_matches_direct_call():
 def test_ode_sampler_from_config_uses_ve_eps():
   """The original stops VE sampling at 1e-5 and VP / sub-VP at 1e-3."""
   sde = sde_lib.VESDE()
-  score = lambda params, x, t: gaussian_score('vesde')(params, x[:, None], t)[:, 0]
+  score = gaussian_score('vesde')
   z = jax.random.normal(jax.random.key(1), (4, 2)) * gaussian.SIGMA_MAX
   sampler = sampling.get_sampler_from_config(_config(method='ode', noise_removal=False), sde,
                                              (4, 2))

@@ -26,29 +26,22 @@ from sde_jax import checkpoints, parallel, train
 from sde_jax import data as data_lib
 from sde_jax.score_model import ScoreModel
 from sde_jax.train import state as train_state
-from tests.helpers import load_config, subprocess_env
+from tests import helpers
+from tests.helpers import subprocess_env
 
 ROOT = pathlib.Path(__file__).parent.parent
-CONFIGS = ROOT / 'configs'
 PTH = pathlib.Path(__file__).parent / 'data' / 've_ncsnpp_continuous_tiny.pth'
 
 
 def tiny_config(**training):
-  """The digits DDPM++ shrunk to compile and run in seconds; ``training`` overrides.
+  """The digits DDPM++ shrunk by the test recipe (tests.helpers.tiny_config), at 8 noise
+  scales; ``training`` overrides.
 
   By default: 12 steps of 8 images, 2 per compiled call, a checkpoint every 2 steps (the last
   one kept) plus every 8th kept for good; no warm-up, so the parameters move from step 1.
   """
-  config = load_config('digits/ddpmpp_continuous.py')
-  config.model.update(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), num_scales=8)
-  config.data.image_size = 8
-  config.eval.batch_size = 8
-  config.optim.warmup = 0
-  config.training.update(dict(
-      batch_size=8, n_iters=12, n_jitted_steps=2, log_freq=2, eval_freq=4, snapshot_freq=8,
-      snapshot_freq_for_preemption=2, keep_last=1, snapshot_sampling=False,
-      snapshot_num_samples=8), **training)
-  return config
+  return helpers.tiny_config('digits/ddpmpp_continuous.py', model=dict(num_scales=8),
+                             training=training)
 
 
 # Every test of this module shares one persistent compilation cache (conftest.py).
@@ -323,14 +316,13 @@ def test_sample_writes_npz_and_grid_and_does_not_depend_on_batch_size(reference)
       np.load(workdir / 'samples' / previous[0] / 'samples.npz')['samples'], first)
 
 
+# The CIFAR-10 NCSN++ config with the network of the tiny reference checkpoint (see
+# test_reference), sampled in 4 steps.
+IMPORT_OVERRIDES = dict(model=dict(num_scales=4))
+
+
 def import_config():
-  """The CIFAR-10 NCSN++ config shrunk to the tiny reference checkpoint (see test_reference)."""
-  config = load_config('ve/cifar10_ncsnpp_continuous.py')
-  config.model.update(nf=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,),
-                      num_scales=4)
-  config.data.image_size = 16
-  config.eval.batch_size = 8
-  return config
+  return helpers.reference_config(**IMPORT_OVERRIDES)
 
 
 @pytest.mark.parametrize('sampler, described', [
@@ -340,12 +332,9 @@ def import_config():
 def test_sample_command_reads_an_imported_checkpoint(tmp_path, compilation_cache, sampler,
                                                       described):
   checkpoints.import_to_workdir(import_config(), str(PTH), str(tmp_path))
-  cmd = [sys.executable, '-m', 'sde_jax.cli', 'sample', '--config',
-         str(CONFIGS / 've/cifar10_ncsnpp_continuous.py'), '--config.model.nf=16',
-         '--config.model.ch_mult=(1,2,2)', '--config.model.num_res_blocks=1',
-         '--config.model.attn_resolutions=(8,)', '--config.data.image_size=16',
-         '--config.model.num_scales=4', '--workdir', str(tmp_path), '--num_samples', '3',
-         *sampler]
+  cmd = [sys.executable, '-m', 'sde_jax.cli', 'sample',
+         *helpers.reference_flags(**IMPORT_OVERRIDES), '--workdir', str(tmp_path),
+         '--num_samples', '3', *sampler]
   env = subprocess_env(compilation_cache)
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -366,11 +355,10 @@ def test_one_step_under_tfds_mock_data(tmp_path, relative):
   """Train and eval pipelines, one step, its checkpoint and log; one resolution of 8 channels
   at 8x8 (snapshots are tested above: here they would only add compile time)."""
   import tensorflow_datasets as tfds
-  config = load_config(relative)
-  config.model.update(nf=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,), num_scales=4)
-  config.data.image_size = 8
-  config.training.update(batch_size=8, n_iters=1, n_jitted_steps=1, log_freq=1, eval_freq=1,
-                         snapshot_freq=1, snapshot_freq_for_preemption=1, snapshot_sampling=False)
+  config = helpers.tiny_config(
+      relative, model=dict(attn_resolutions=(8,), num_scales=4),
+      training=dict(n_iters=1, n_jitted_steps=1, log_freq=1, eval_freq=1, snapshot_freq=1,
+                    snapshot_freq_for_preemption=1))
   with tfds.testing.mock_data(num_examples=16):
     state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 1 and steps_on_disk(tmp_path) == [1]

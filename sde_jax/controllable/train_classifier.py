@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from sde_jax import checkpoints, parallel, rng, train
+from sde_jax import parallel, rng, train
 from sde_jax import data as data_lib
 from sde_jax import sde as sde_lib
 from sde_jax.controllable.classifier_checkpoint import SUBDIR

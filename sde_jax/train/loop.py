@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax
 from absl import logging
 
 from sde_jax import checkpoints, parallel
