@@ -26,7 +26,6 @@ from sde_jax.data.spec import (DIGITS_DATASETS, KNOWN_DATASETS, SHUFFLE_BUFFER, 
 from sde_jax.data.streams import Batch
 from sde_jax.data.toys import TOY_DATASETS, eight_gaussians, sample_toy
 from sde_jax.data.whole_split import whole_split
-from sde_jax.images import data_to_uint8 as to_uint8_data
 
 
 __all__ = [
@@ -34,5 +33,5 @@ __all__ = [
     'PipelineSpec', 'SHUFFLE_BUFFER', 'TFDS_DATASETS', 'TFRECORD_DATASETS', 'TOY_DATASETS',
     'TOY_EVAL_SIZE', 'digits_arrays', 'digits_split', 'eight_gaussians', 'eval_batches',
     'get_data_inverse_scaler', 'get_data_scaler', 'get_dataset', 'make_spec', 'sample_toy',
-    'stacked_batches', 'to_uint8_data', 'whole_split',
+    'stacked_batches', 'whole_split',
 ]
