@@ -26,7 +26,6 @@ import pytest
 
 from sde_jax import controllable, images, rng, sampling
 from sde_jax import sde as sde_lib
-from sde_jax.sampling import pc
 from tests import gaussian
 from tests import helpers
 from tests.helpers import run_cli
@@ -182,10 +181,10 @@ def package_noise(key, shape):
   by the streams it documents (per-example keys ``k_i``, one stage id per kind of draw, the step
   index folded in; a corrector's j-th step folds in j once more)."""
   keys = rng.per_example_keys(key, shape[0])
-  stage = {'prior': pc.PRIOR, 'replace_prior': controllable.REPLACE_PRIOR,
-           'corrector': pc.CORRECTOR, 'predictor': pc.PREDICTOR,
-           'replace_corrector': controllable.REPLACE_CORRECTOR,
-           'replace_predictor': controllable.REPLACE_PREDICTOR}
+  stage = {'prior': rng.PRIOR, 'replace_prior': rng.REPLACE_PRIOR,
+           'corrector': rng.CORRECTOR, 'predictor': rng.PREDICTOR,
+           'replace_corrector': rng.REPLACE_CORRECTOR,
+           'replace_predictor': rng.REPLACE_PREDICTOR}
 
   def noise(kind, n):
     k = rng.fold_in_all(keys, stage[kind])
