@@ -30,3 +30,17 @@ def compilation_cache(tmp_path_factory):
   yield directory
   for name, value in before.items():
     jax.config.update(name, value)
+
+
+# Modules whose tests share module-scoped fixtures or cached runs: under pytest-xdist
+# (`--dist loadgroup`, pyproject.toml) each runs whole on one worker, so its shared work is done
+# once; the tests of every other module are spread one by one over the workers.
+SHARED_STATE_MODULES = ('test_classifier', 'test_controllable', 'test_evaluate', 'test_inception',
+                        'test_likelihood', 'test_metrics_fid', 'test_readme', 'test_train')
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    module = item.module.__name__.rsplit('.', 1)[-1]
+    if module in SHARED_STATE_MODULES:
+      item.add_marker(pytest.mark.xdist_group(module))

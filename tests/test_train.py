@@ -44,8 +44,7 @@ def tiny_config(**training):
                              training=training)
 
 
-# Every test of this module shares one persistent compilation cache (conftest.py).
-pytestmark = pytest.mark.usefixtures('compilation_cache')
+
 
 
 def patch_train_batches(monkeypatch, on_batch):
