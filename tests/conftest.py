@@ -21,8 +21,9 @@ def compilation_cache(tmp_path_factory):
   network, sampler or train step at the same shapes) compiles once. It starts empty, so a run
   never depends on an earlier one."""
   directory = tmp_path_factory.mktemp('jax_cache')
+  # Programs that compile in under half a second are not worth the write.
   names = {'jax_compilation_cache_dir': str(directory),
-           'jax_persistent_cache_min_compile_time_secs': 0,
+           'jax_persistent_cache_min_compile_time_secs': 0.5,
            'jax_persistent_cache_min_entry_size_bytes': 0}
   before = {name: getattr(jax.config, name) for name in names}
   for name, value in names.items():
@@ -30,17 +31,3 @@ def compilation_cache(tmp_path_factory):
   yield directory
   for name, value in before.items():
     jax.config.update(name, value)
-
-
-# Modules whose tests share module-scoped fixtures or cached runs: under pytest-xdist
-# (`--dist loadgroup`, pyproject.toml) each runs whole on one worker, so its shared work is done
-# once; the tests of every other module are spread one by one over the workers.
-SHARED_STATE_MODULES = ('test_classifier', 'test_controllable', 'test_evaluate', 'test_inception',
-                        'test_likelihood', 'test_metrics_fid', 'test_readme', 'test_train')
-
-
-def pytest_collection_modifyitems(items):
-  for item in items:
-    module = item.module.__name__.rsplit('.', 1)[-1]
-    if module in SHARED_STATE_MODULES:
-      item.add_marker(pytest.mark.xdist_group(module))

@@ -44,9 +44,6 @@ def tiny_config(**training):
                              training=training)
 
 
-
-
-
 def patch_train_batches(monkeypatch, on_batch):
   """Calls ``on_batch(index, batch)`` on each train batch the job reads (index counts from the
   job's start step); its return value replaces the batch. (The trainer reads its batches through
