@@ -52,7 +52,7 @@ def sample(config, workdir: str, num_samples: int) -> str:
   samples = np.concatenate(parts)
   out = os.path.join(workdir, 'samples')
   if jax.process_index() == 0:
-    out = workdir_lib.output_folder(workdir, 'samples', OUTPUTS)
+    workdir_lib.output_folder(workdir, 'samples', OUTPUTS)
     np.savez(os.path.join(out, 'samples.npz'), samples=samples)
     viz.image_grid_png(os.path.join(out, 'grid.png'), samples[:64])
   return os.path.join(out, 'samples.npz')
