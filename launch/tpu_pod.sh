@@ -63,7 +63,7 @@ if [[ -n $repo ]]; then
   git="git -C $remote_dir"
   setup="{ test -d $remote_dir/.git || git clone --quiet $(quote "$repo") $remote_dir; }"
   setup+=" && $git fetch --quiet origin $(quote "${ref:-HEAD}") && $git checkout --quiet FETCH_HEAD"
-  setup+=" && python3 -m pip install --quiet --upgrade 'jax[tpu]' -e $remote_dir"
+  setup+=" && python3 -m pip install --quiet --upgrade 'jax[tpu]' -e $remote_dir'[gcs]'"
 fi
 train="$(quote sde-jax train --config "$config" --workdir "$workdir" "${passthrough[@]}")"
 if [[ $detach == 1 ]]; then

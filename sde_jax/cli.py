@@ -13,6 +13,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sde_jax import workdir as workdir_lib
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections config file.',
                                 lock_config=True)
@@ -31,7 +33,7 @@ flags.DEFINE_string('folder', None, 'inpaint, colorize: a folder of PNG / JPEG i
 def _toy(config, workdir):
   from sde_jax import toy
   toy.run_toy(config, workdir)
-  print(open(f'{workdir}/report.md').read())
+  print((workdir_lib.path(workdir) / 'report.md').read_text())
 
 
 def _import(config, workdir):
@@ -84,9 +86,9 @@ def _eval(config, workdir):
   from sde_jax import evaluate
   evaluate.evaluate(config, workdir, eval_folder=FLAGS.eval_folder,
                     config_name=config_flags.get_config_filename(FLAGS['config']))
-  path = os.path.join(workdir, FLAGS.eval_folder, 'report.md')
-  if os.path.exists(path):
-    print(open(path).read())
+  path = workdir_lib.path(workdir) / FLAGS.eval_folder / 'report.md'
+  if path.exists():
+    print(path.read_text())
 
 
 def _fid_stats(config, workdir):

@@ -7,10 +7,11 @@ exact multiples of 1/255 up to float error, are rounded so that pixel ``k`` come
 
 from __future__ import annotations
 
-import os
+import io
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 
@@ -63,12 +64,13 @@ def read_folder(folder: str, num_images: int, size: int, channels: int) -> np.nd
     FileNotFoundError: if ``folder`` holds no image file.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
+  folder = epath.Path(folder)
+  files = sorted(f.name for f in folder.iterdir() if f.name.lower().endswith(IMAGE_SUFFIXES))
   if not files:
     raise FileNotFoundError(f'no PNG, JPEG or BMP images in {folder}.')
   out = []
   for name in files[:num_images]:
-    with Image.open(os.path.join(folder, name)) as image:
+    with Image.open(io.BytesIO((folder / name).read_bytes())) as image:
       image = image.convert('L' if channels == 1 else 'RGB')
       side = min(image.size)
       left, top = (image.width - side) // 2, (image.height - side) // 2

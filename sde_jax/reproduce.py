@@ -9,10 +9,11 @@ Score of the predictor-corrector samplers), all on CIFAR-10 with 50,000 samples.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import math
 import os
+
+from sde_jax import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +72,10 @@ def config_key(config_name: str | None) -> str | None:
 def find_reports(root: str) -> list[str]:
   """Every ``report.json`` written by ``sde-jax eval`` under ``root``, sorted."""
   found = []
-  for path in sorted(glob.glob(os.path.join(root, '**', 'report.json'), recursive=True)):
+  for path in workdir_lib.find_files(root, 'report.json'):
     try:
-      with open(path) as f:
-        if json.load(f).get('kind') == 'sde-jax eval report':
-          found.append(path)
+      if json.loads(path.read_text()).get('kind') == 'sde-jax eval report':
+        found.append(os.fspath(path))
     except (OSError, ValueError, AttributeError):
       continue  # not a report of ours
   return found
@@ -139,9 +139,7 @@ def write_comparison(root: str) -> str:
                             '--config CONFIG --workdir DIR` first (it writes DIR/eval/).')
   reports = []
   for path in paths:
-    with open(path) as f:
-      reports.append(json.load(f))
-  table = comparison_markdown(reports, os.path.abspath(root))
-  with open(os.path.join(root, 'comparison.md'), 'w') as f:
-    f.write(table)
+    reports.append(workdir_lib.read_json(path))
+  table = comparison_markdown(reports, os.fspath(workdir_lib.path(root)))
+  workdir_lib.write_text(workdir_lib.path(root) / 'comparison.md', table)
   return table

@@ -7,7 +7,6 @@ and writes ``samples.png`` (data vs samples), ``report.md`` and ``report.json`` 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -199,8 +198,8 @@ def run_toy(config, workdir: str, progress: bool = True) -> dict[str, Any]:
   state, history = train_toy(config, k_train, progress)
   results, points = evaluate_toy(config, state.params_ema, k_eval)
   viz.scatter_png(os.path.join(workdir, 'samples.png'), points)
-  with open(os.path.join(workdir, 'report.md'), 'w') as f:
-    f.write(_report_markdown(config, history, results))
-  with open(os.path.join(workdir, 'report.json'), 'w') as f:
-    json.dump({'config': config.to_dict(), 'history': history, 'results': results}, f, indent=1)
+  workdir_lib.write_text(os.path.join(workdir, 'report.md'),
+                         _report_markdown(config, history, results))
+  workdir_lib.write_json(os.path.join(workdir, 'report.json'),
+                         {'config': config.to_dict(), 'history': history, 'results': results})
   return results

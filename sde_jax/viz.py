@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from sde_jax import workdir as workdir_lib
+
 _COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
 
 
@@ -37,7 +39,7 @@ def scatter_png(path: str, panels: dict[str, np.ndarray], extent: float = 3.0,
     for u, v in pix[inside]:
       cx, cy = x0 + u, 20 + (size - 1 - v)
       draw.ellipse([cx - 1, cy - 1, cx + 1, cy + 1], fill=colour)
-  image.save(path)
+  _save_png(path, image)
 
 
 def image_grid(images: np.ndarray, ncol: int | None = None, padding: int = 2) -> np.ndarray:
@@ -87,7 +89,12 @@ def image_grid_png(path: str, images_uint8_nhwc: np.ndarray, ncol: int | None = 
     raise ValueError(f'expected uint8 images of shape (N, H, W, 1 or 3), got {images.dtype} '
                      f'{images.shape}.')
   grid = image_grid(images, ncol)
-  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  _save_png(path, Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid))
+
+
+def _save_png(path, image: Image.Image) -> None:
+  """Writes ``image`` as a PNG at ``path`` (local or remote), atomically."""
+  workdir_lib.write_atomic(path, lambda f: image.save(f, format='PNG'))
 
 
 def zoom(images: np.ndarray, factor: int | None = None) -> np.ndarray:

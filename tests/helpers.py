@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 
@@ -134,3 +135,15 @@ def tiny_inception_options() -> dict:
   from configs import _runlocal  # pylint: disable=g-import-not-at-top
   return dict(width=_runlocal.EVAL['inception_width'],
               image_size=_runlocal.EVAL['inception_image_size'])
+
+
+def event_scalars(data: bytes, tag: str) -> dict[int, float]:
+  """``{step: value}`` of the scalar ``tag`` in the bytes of a TensorBoard event file."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  values, i = {}, 0
+  while i < len(data):  # TFRecord: length (u64), its CRC (u32), payload, payload CRC (u32)
+    (n,) = struct.unpack('<Q', data[i:i + 8])
+    event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+    i += 12 + n + 4
+    values.update({event.step: v.simple_value for v in event.summary.value if v.tag == tag})
+  return values

@@ -11,8 +11,10 @@ import os
 
 import jax
 import jax.numpy as jnp
+from etils import epath
 from flax import traverse_util
 
+from sde_jax import workdir as workdir_lib
 from sde_jax.checkpoints.errors import CheckpointError, Path
 from sde_jax.checkpoints.imported_state import ImportedState, Params
 from sde_jax.checkpoints.original_flax import import_flax
@@ -52,7 +54,7 @@ def import_original(path: str | os.PathLike, config) -> ImportedState:
   """
   from sde_jax import models  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f'checkpoint {path} does not exist.')
   model = models.get_model(config)
   shape = (1, config.data.image_size, config.data.image_size, config.data.num_channels)
@@ -85,7 +87,7 @@ def import_to_workdir(config, checkpoint: str, workdir: str) -> str:
   """
   state = import_original(checkpoint, config)
   count = num_params(state.params)
-  path = save_imported(workdir, state, {'source': os.path.abspath(checkpoint),
+  path = save_imported(workdir, state, {'source': os.fspath(workdir_lib.path(checkpoint)),
                                         'model': config.model.name, 'num_params': count})
   print(f'Imported {checkpoint} (step {state.step}, {count:,} parameters, EMA included) '
         f'into {path}')

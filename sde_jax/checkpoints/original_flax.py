@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
+from etils import epath
 from flax import serialization, traverse_util
 
 from sde_jax.checkpoints.errors import CheckpointError, Path, check_tree, require_keys
@@ -16,8 +17,7 @@ from sde_jax.checkpoints.imported_state import ImportedState, Params
 
 def read_flax(path: str) -> dict:
   """The msgpack State of a score_sde checkpoint (arrays and containers only)."""
-  with open(path, 'rb') as f:
-    data = f.read()
+  data = epath.Path(path).read_bytes()
   try:
     state = serialization.msgpack_restore(data)
   except Exception as e:  # msgpack raises several types for truncated or corrupt input.

@@ -7,12 +7,14 @@ anything but tensors and plain containers.
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 from flax import traverse_util
 
 from sde_jax.checkpoints.errors import (CheckpointError, Path, check_tree, config_hint, path_name,
@@ -25,7 +27,7 @@ _TORCH_LEAF = {'kernel': 'weight', 'scale': 'weight'}
 
 def is_torch_file(path: str) -> bool:
   """Whether ``path`` starts as a ``torch.save`` file does (zip, or a legacy pickle)."""
-  with open(path, 'rb') as f:
+  with epath.Path(path).open('rb') as f:
     head = f.read(4)
   return head.startswith(b'PK') or head[:1] == b'\x80'
 
@@ -38,7 +40,8 @@ def read_torch(path: str) -> dict:
     raise ImportError(f'{path} is a PyTorch checkpoint; reading it needs torch: '
                       f"pip install 'sde-jax[torch]'") from e
   try:
-    raw = torch.load(path, map_location='cpu', weights_only=True)
+    raw = torch.load(io.BytesIO(epath.Path(path).read_bytes()), map_location='cpu',
+                     weights_only=True)
   except Exception as e:  # torch raises many types for truncated / corrupt / unsafe files.
     raise CheckpointError(f'cannot read PyTorch checkpoint {path}: {type(e).__name__}: {e}') from e
   return jax.tree_util.tree_map(

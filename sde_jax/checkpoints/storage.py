@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from sde_jax import parallel
+from sde_jax import parallel, workdir as workdir_lib
 from sde_jax.checkpoints.imported_state import ImportedState
 
 ITEMS = ('params', 'params_ema', 'meta')
@@ -36,7 +36,7 @@ def checkpoint_manager(workdir: str | os.PathLike, *, keep_last: int | None = No
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from orbax.checkpoint import checkpoint_managers as policies  # pylint: disable=g-import-not-at-top
-  directory = os.path.abspath(os.path.join(os.fspath(workdir), 'checkpoints'))
+  directory = workdir_lib.path(workdir) / 'checkpoints'
   policy = None
   if keep_last is not None:
     policy = policies.AnyPreservationPolicy([policies.LatestN(keep_last)] + (
@@ -150,7 +150,7 @@ def save_imported(workdir: str | os.PathLike, state: ImportedState, meta: dict) 
   save_items(manager, state.step, {'params': state.params, 'params_ema': state.params_ema}, meta)
   manager.wait_until_finished()
   manager.close()
-  return os.path.join(str(manager.directory), str(state.step))
+  return os.fspath(manager.directory / str(state.step))
 
 
 def latest_step(manager, step: int | None = None) -> int:

@@ -218,7 +218,8 @@ def inpaint_job(config, workdir: str, *, num_images: int = 8, folder: str | None
   known = make_mask(kind, images.shape[1:])
   result = inpaint_images(config, workdir, images, known, method=method)
   path = _output(workdir, f'inpaint-{method}.png')
-  np.savez(path[:-4] + '.npz', images=images, mask=known, result=result)
+  workdir_lib.write_atomic(path[:-4] + '.npz', lambda f: np.savez(
+      f, images=images, mask=known, result=result))
   viz.write_rows_png(path, images, images_lib.masked_view(images, known), result)
   return path
 
@@ -245,7 +246,8 @@ def colorize_job(config, workdir: str, *, num_images: int = 8, folder: str | Non
   result = colorize_images(config, workdir, images, method=method)
   gray = images_lib.gray_images(images)
   path = _output(workdir, f'colorize-{method}.png')
-  np.savez(path[:-4] + '.npz', images=images, gray=gray, result=result)
+  workdir_lib.write_atomic(path[:-4] + '.npz', lambda f: np.savez(
+      f, images=images, gray=gray, result=result))
   viz.write_rows_png(path, images, gray, result)
   return path
 
@@ -270,6 +272,6 @@ def class_job(config, workdir: str, label: int, *, num_samples: int = 16,
   samples = sample_class(config, workdir, np.full(num_samples, label),
                          guidance_scale=guidance_scale)
   path = _output(workdir, f'class-{label}.png')
-  np.savez(path[:-4] + '.npz', samples=samples)
+  workdir_lib.write_atomic(path[:-4] + '.npz', lambda f: np.savez(f, samples=samples))
   viz.image_grid_png(path, viz.zoom(samples))
   return path

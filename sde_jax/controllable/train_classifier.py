@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from sde_jax import parallel, rng, train
+from sde_jax import parallel, rng, train, workdir as workdir_lib
 from sde_jax import data as data_lib
 from sde_jax import sde as sde_lib
 from sde_jax.controllable.classifier_checkpoint import SUBDIR
@@ -123,8 +123,8 @@ def train_classifier(config, workdir: str) -> train.TrainState:
   def evaluate(state, step):
     acc = evaluate_accuracy(config, accuracy, state.params_ema, per_process, mesh, config.seed)
     if step == last and jax.process_index() == 0:
-      with open(os.path.join(directory, 'accuracy.json'), 'w') as f:
-        json.dump({'step': step, 'accuracy': acc}, f, indent=1)
+      workdir_lib.write_json(os.path.join(directory, 'accuracy.json'),
+                             {'step': step, 'accuracy': acc})
     # TensorBoard names: 'accuracy_t0.25' (no '=').
     return {f'accuracy_{k.replace("=", "")}': v for k, v in acc.items()}
 

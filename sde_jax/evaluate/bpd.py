@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import numpy as np
@@ -45,7 +44,7 @@ def eval_bpd(ckpt: Checkpoint, programs: EvalPrograms, config, settings: EvalSet
   n_batches, _ = data_lib.whole_split(config, split, per_process)
   total = n_batches * settings.bpd_repeats
   paths = [ckpt.path(f'bpd_{r}.npz') for r in range(total)]
-  done = parallel.process_zero_view([os.path.exists(p) for p in paths])
+  done = parallel.process_zero_view([p.exists() for p in paths])
   with progress_bar(total, int(done.sum()), 'batch', f'ckpt {ckpt.number} bits/dim',
                     done.all()) as bar:
     for repeat in range(settings.bpd_repeats):

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import jax
 from absl import logging
+from etils import epath
 
 from sde_jax import checkpoints
 from sde_jax import workdir as workdir_lib
@@ -39,7 +40,8 @@ def checkpoint_number(step: int, meta: dict, snapshot_freq: int) -> int:
     The checkpoint's number.
   """
   source = str(meta.get('source', ''))
-  match = _ORIGINAL_NAME.search(os.path.basename(source)) if os.path.isabs(source) else None
+  absolute = workdir_lib.is_remote(source) or os.path.isabs(source)
+  match = _ORIGINAL_NAME.search(os.path.basename(source)) if absolute else None
   return int(match.group(1)) if match else step // snapshot_freq
 
 
@@ -51,13 +53,13 @@ class CheckpointIndex:
   """
 
   def __init__(self, workdir: str, snapshot_freq: int):
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self.directory = workdir_lib.path(workdir) / 'checkpoints'
     self.snapshot_freq = snapshot_freq
     self.manager = None
     self.meta: dict[int, dict] = {}
 
   def _manager(self):
-    if self.manager is None and os.path.isdir(self.directory):
+    if self.manager is None and self.directory.is_dir():
       import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
       self.manager = ocp.CheckpointManager(
           self.directory, item_names=checkpoints.ITEMS,
@@ -121,8 +123,8 @@ class Checkpoint:
     logging.info('Restoring checkpoint %d (step %d).', self.number, self.step)
     return self.restore()
 
-  def path(self, name: str) -> str:
-    return os.path.join(self.directory, name)
+  def path(self, name: str) -> epath.Path:
+    return workdir_lib.path(self.directory) / name
 
 
 def check_same_checkpoint(ckpt: Checkpoint) -> None:
@@ -139,5 +141,5 @@ def check_same_checkpoint(ckpt: Checkpoint) -> None:
                      f'({recorded["source"]}), but checkpoint {ckpt.number} is now step '
                      f'{ckpt.step} ({ckpt.source}); evaluate into another --eval_folder.')
   if not recorded and jax.process_index() == 0:
-    os.makedirs(ckpt.directory, exist_ok=True)
+    workdir_lib.path(ckpt.directory).mkdir(parents=True, exist_ok=True)
     workdir_lib.write_json(path, {'step': ckpt.step, 'source': ckpt.source})

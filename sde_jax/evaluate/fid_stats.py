@@ -45,7 +45,7 @@ def dataset_stats(config, workdir: str) -> str:
   settings = EvalSettings.from_config(config)
   path, mean_cov_path = stats_paths(config, workdir)
   for p in (path, mean_cov_path):
-    if os.path.exists(p):
+    if workdir_lib.path(p).exists():
       raise FileExistsError(f'{p} exists; statistics are never overwritten (delete it, or set '
                             '--config.eval.stats_path to another file).')
   mesh = parallel.mesh_from_config(config)
@@ -61,7 +61,7 @@ def dataset_stats(config, workdir: str) -> str:
       bar.update(1)
   pool_3 = np.concatenate(pools)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    workdir_lib.path(path).parent.mkdir(parents=True, exist_ok=True)
     mu, sigma = fid.feature_statistics(pool_3)
     workdir_lib.write_atomic(path, lambda f: fid.save_stats(f, pool_3))
     workdir_lib.save_npz(mean_cov_path, mu=mu, sigma=sigma)

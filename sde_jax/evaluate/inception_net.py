@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from sde_jax import parallel
+from sde_jax import workdir as workdir_lib
 from sde_jax.evaluate.settings import EvalSettings
 from sde_jax.metrics import fid, inception
 
@@ -71,7 +72,7 @@ def load_inception(settings: EvalSettings, mesh) -> Inception:
   # Once per job: every call of fid.extract_features then finds them in place.
   params = jax.device_put(params, parallel.replicated(mesh))
   return Inception(model, params, lambda p, x: model.apply({'params': p}, x),
-                   os.path.abspath(settings.inception_weights))
+                   os.fspath(workdir_lib.path(settings.inception_weights)))
 
 
 def load_data_pools(settings: EvalSettings, config, net: Inception) -> np.ndarray:

@@ -3,7 +3,6 @@ split (``ckpt_<N>/loss.npz``)."""
 
 from __future__ import annotations
 
-import os
 
 import jax
 import numpy as np
@@ -34,7 +33,7 @@ def eval_loss(ckpt: Checkpoint, programs: EvalPrograms, config, key: Array) -> d
     ``{'loss', 'loss_examples'}`` on process 0; None elsewhere.
   """
   path = ckpt.path('loss.npz')
-  if not parallel.process_zero_view([os.path.exists(path)])[0]:
+  if not parallel.process_zero_view([path.exists()])[0]:
     n_batches, batches = data_lib.whole_split(config, 'eval', programs.batch // jax.process_count(),
                                        dequantize=None)
     losses = []

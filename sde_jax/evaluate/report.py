@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
@@ -48,12 +47,12 @@ def report_markdown(report: dict) -> str:
 
 def write_reports(eval_dir: str, header: dict) -> dict:
   """``report.json`` and ``report.md`` from every ``ckpt_*/report.json`` in ``eval_dir``."""
-  rows = [workdir_lib.read_json(path)
-          for path in glob.glob(os.path.join(eval_dir, 'ckpt_*', 'report.json'))]
+  rows = [workdir_lib.read_json(folder / 'report.json')
+          for folder in workdir_lib.path(eval_dir).glob('ckpt_*')
+          if (folder / 'report.json').exists()]
   report = {**header, 'checkpoints': sorted(rows, key=lambda row: row['ckpt'])}
   workdir_lib.write_json(os.path.join(eval_dir, 'report.json'), report)
-  workdir_lib.write_atomic(os.path.join(eval_dir, 'report.md'), lambda f: f.write(
-      report_markdown(report).encode()))
+  workdir_lib.write_text(os.path.join(eval_dir, 'report.md'), report_markdown(report))
   return report
 
 
@@ -76,12 +75,12 @@ def report_header(config, settings: EvalSettings, eval_dir: str, config_name: st
             **{k: v for k, v in workdir_lib.read_json(os.path.join(eval_dir, 'report.json'))
                .items() if k != 'checkpoints'}}
   header.update({'kind': 'sde-jax eval report',
-                 'workdir': os.path.abspath(os.path.dirname(os.path.abspath(eval_dir))),
+                 'workdir': os.fspath(workdir_lib.path(eval_dir).parent),
                  'config_name': config_name or header.get('config_name'), 'seed': config.seed,
                  'config': json.loads(config.to_json_best_effort())})
   if settings.enable_sampling:
     header.update(sampler=sampling.describe_from_config(config), inception_weights=net.weights,
-                  stats_path=os.path.abspath(settings.stats_path))
+                  stats_path=os.fspath(workdir_lib.path(settings.stats_path)))
   if settings.enable_bpd:
     header['bpd'] = (f'{settings.bpd_split} split, {settings.bpd_repeats} pass(es), uniform '
                      f'dequantization, {settings.bpd_solver} rtol {settings.bpd_rtol} atol '

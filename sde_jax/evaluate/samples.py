@@ -44,7 +44,7 @@ def eval_samples(ckpt: Checkpoint, programs: EvalPrograms, settings: EvalSetting
   batch, mesh = programs.batch, programs.mesh
   rounds = math.ceil(settings.num_samples / batch)
   stats = [ckpt.path(f'statistics_{r}.npz') for r in range(rounds)]
-  done = parallel.process_zero_view([os.path.exists(p) for p in stats])
+  done = parallel.process_zero_view([p.exists() for p in stats])
   per_process = batch // jax.process_count()
   mine = slice(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
   with progress_bar(rounds * batch, int(done.sum()) * batch, 'img',
@@ -106,6 +106,4 @@ def write_grid(ckpt: Checkpoint, rounds: int, count: int) -> None:
     images.append(workdir_lib.load_npz(ckpt.path(f'samples_{r}.npz'))['samples'])
     if sum(len(x) for x in images) >= count:
       break
-  tmp = ckpt.path('grid.tmp.png')  # PIL picks the format from the name's extension
-  viz.image_grid_png(tmp, np.concatenate(images)[:count])
-  os.replace(tmp, ckpt.path('grid.png'))
+  viz.image_grid_png(ckpt.path('grid.png'), np.concatenate(images)[:count])

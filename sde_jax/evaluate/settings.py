@@ -159,5 +159,5 @@ def check_fingerprint(eval_dir: str, current: dict[str, dict]) -> None:
         f'(--eval_folder NAME), or delete {eval_dir} to start over.')
   merged = {**stored, **current}
   if merged != stored and jax.process_index() == 0:
-    os.makedirs(eval_dir, exist_ok=True)
+    workdir_lib.path(eval_dir).mkdir(parents=True, exist_ok=True)
     workdir_lib.write_json(path, merged)

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
@@ -278,11 +279,11 @@ def load_stats(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ValueError: if the file has no ``pool_3`` array.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(
         f'Inception statistics not found at {path!r}: compute them from the data set '
         f'(`sde-jax fid-stats`), or take the original score_sde file of that name.')
-  with np.load(path, allow_pickle=False) as data:
+  with epath.Path(path).open('rb') as f, np.load(f, allow_pickle=False) as data:
     arrays = {k: data[k] for k in data.files if k in ('pool_3', 'logits')}
     if 'pool_3' not in arrays:
       raise ValueError(f'{path} has no pool_3 array (it holds {sorted(data.files)}); a '

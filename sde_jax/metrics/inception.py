@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from sde_jax import checkpoints
@@ -407,11 +408,11 @@ def _missing_weights(path: str) -> FileNotFoundError:
 def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """The state dict in ``path`` (pytorch-fid ``.pth`` or ``.npz``), as numpy arrays by key."""
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise _missing_weights(path)
   if path.endswith('.npz'):
     try:
-      with np.load(path, allow_pickle=False) as data:
+      with epath.Path(path).open('rb') as f, np.load(f, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
     except (ValueError, OSError) as e:
       raise CheckpointError(f'cannot read {path} as an .npz of Inception weights: {e}') from e

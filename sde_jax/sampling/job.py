@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 from absl import logging
@@ -50,9 +48,9 @@ def sample(config, workdir: str, num_samples: int) -> str:
                    [:num_samples - first])
       bar.update(len(parts[-1]))
   samples = np.concatenate(parts)
-  out = os.path.join(workdir, 'samples')
+  out = workdir_lib.path(workdir) / 'samples'
   if jax.process_index() == 0:
     workdir_lib.output_folder(workdir, 'samples', OUTPUTS)
-    np.savez(os.path.join(out, 'samples.npz'), samples=samples)
-    viz.image_grid_png(os.path.join(out, 'grid.png'), samples[:64])
-  return os.path.join(out, 'samples.npz')
+    workdir_lib.write_atomic(out / 'samples.npz', lambda f: np.savez(f, samples=samples))
+    viz.image_grid_png(out / 'grid.png', samples[:64])
+  return str(out / 'samples.npz')

@@ -4,7 +4,6 @@ its snapshot sample grids (judged by the digits classifier on the embedded digit
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np
@@ -37,7 +36,7 @@ def write_sample_grid(draw, seed: int, params, workdir: str, step: int) -> np.nd
   """
   images = images_lib.to_uint8(parallel.gather(draw(jax.random.key(seed), params, 0)[0]))
   if jax.process_index() == 0:
-    path = workdir_lib.fresh_path(os.path.join(workdir, SAMPLES_DIR, f'step_{step}.png'))
+    path = workdir_lib.fresh_path(workdir_lib.path(workdir) / SAMPLES_DIR / f'step_{step}.png')
     viz.image_grid_png(path, images)
     logging.info('Wrote snapshot samples to %s', path)
   return images
@@ -62,18 +61,17 @@ def judge_samples(config, images: np.ndarray, workdir: str, step: int) -> str | 
     return None
   from sde_jax.metrics import digits  # pylint: disable=g-import-not-at-top
   j = digits.judge_digits(digits.intensity(images.astype(np.float32) / 255.0))
-  path = os.path.join(workdir, SAMPLES_DIR, 'quality.md')
-  if not os.path.exists(path):
-    with open(path, 'w') as f:
-      f.write('Samples judged by an SVM trained on real digits (sde_jax/metrics/digits.py); the '
-              f'same judge on held-out real digits: {j.real_accuracy:.1%} accurate, '
-              f'{j.real_confident_fraction:.1%} confident (top class p >= 0.9).\n\n'
-              '| step | samples | confident | mean top p | classes covered | count per class 0-9 |\n'
-              '|---:|---:|---:|---:|---:|---|\n')
+  path = workdir_lib.path(workdir) / SAMPLES_DIR / 'quality.md'
+  if not path.exists():
+    workdir_lib.write_text(path, (
+        'Samples judged by an SVM trained on real digits (sde_jax/metrics/digits.py); the '
+        f'same judge on held-out real digits: {j.real_accuracy:.1%} accurate, '
+        f'{j.real_confident_fraction:.1%} confident (top class p >= 0.9).\n\n'
+        '| step | samples | confident | mean top p | classes covered | count per class 0-9 |\n'
+        '|---:|---:|---:|---:|---:|---|\n'))
   row = (f'| {step} | {len(images)} | {j.confident_fraction:.1%} | {j.mean_top_probability:.3f} '
          f'| {j.classes_covered}/10 | {" ".join(map(str, j.class_counts))} |')
-  with open(path, 'a') as f:
-    f.write(row + '\n')
+  workdir_lib.append_text(path, row + '\n')
   logging.info('Digits judge at step %d: %.1f%% of %d samples labelled confidently (real digits: '
                '%.1f%%), %d/10 classes covered; see %s', step, 100 * j.confident_fraction,
                len(images), 100 * j.real_confident_fraction, j.classes_covered, path)
@@ -120,7 +118,7 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
     images = write_sample_grid(draw, config.seed, state.params_ema, workdir, step)
     judge_samples(config, images, workdir, step)
 
-  os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
+  (workdir_lib.path(workdir) / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
   trainer = loop.Trainer(
       name=config.model.name, source='sde-jax train', model=score_model.model,
       example_shape=score_model.image_shape,

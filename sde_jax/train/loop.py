@@ -150,6 +150,7 @@ def fit(config, trainer: Trainer, directory: str, mesh) -> state_lib.TrainState:
         if preempted or keep or step % tc.snapshot_freq_for_preemption == 0:
           log.fetch_and_check()
           resume.save_state(manager, state, step, meta)
+          log.flush()
         if keep and trainer.after_keep is not None:
           trainer.after_keep(state, step)
         if preempted:

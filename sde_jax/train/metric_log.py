@@ -1,8 +1,10 @@
 """Training metrics: kept on the device until a log line, so logging never stalls the pipeline;
-checked for finiteness before every checkpoint; written to stdout and TensorBoard."""
+checked for finiteness before every checkpoint; written to stdout and TensorBoard (local or
+``gs://`` event files, through the workdir's path layer)."""
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
@@ -10,6 +12,42 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from tensorboardX import record_writer
+
+from sde_jax import workdir as workdir_lib
+
+REMOTE_SCHEMES = ('gs',)
+
+
+class _RemoteEventFile:
+  """An event file on an object store: the events so far, uploaded whole at each flush (objects
+  cannot be appended to), so the object is always a complete, readable event file."""
+
+  def __init__(self, path: str):
+    self.path, self.buffer = workdir_lib.path(path), io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    workdir_lib.write_atomic(self.path, lambda f: f.write(self.buffer.getvalue()))
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _RemoteEventFiles:
+  """tensorboardX's writer factory for a URL scheme: event files through ``etils.epath``."""
+
+  def open(self, path: str) -> _RemoteEventFile:
+    return _RemoteEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # object stores have no directories to create
+
+
+for _scheme in REMOTE_SCHEMES:
+  record_writer.register_writer_factory(_scheme, _RemoteEventFiles())
 
 
 def format_duration(seconds: float) -> str:
@@ -81,6 +119,11 @@ class MetricLog:
       logging.info('step %d: %s %.5g', step, name, value)
     if self.writer is not None:
       self.writer.add_scalar(name, value, step)
+
+  def flush(self) -> None:
+    """Writes the TensorBoard events so far to their file (at each checkpoint)."""
+    if self.writer is not None:
+      self.writer.flush()
 
   def close(self) -> None:
     """Flushes and closes the TensorBoard writer."""
