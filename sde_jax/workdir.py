@@ -120,8 +120,17 @@ def keep_previous_outputs(directory: PathLike, names: Iterable[str]) -> None:
     backup = fresh_path(directory / time.strftime('previous-%Y%m%d-%H%M%S'))
     backup.mkdir(parents=True)
     for f in existing:
-      (directory / f).rename(backup / f)
+      _move(directory / f, backup / f)
     logging.warning('Moved the outputs of an earlier run to %s', backup)
+
+
+def _move(source: epath.Path, target: epath.Path) -> None:
+  """Renames a file; on an object store (no folders, no renames) a copy, then a delete."""
+  if is_remote(source):
+    source.copy(target)
+    source.unlink()
+  else:
+    source.rename(target)
 
 
 def output_folder(workdir: PathLike, name: str, replaces: Iterable[str] = ()) -> epath.Path:

@@ -26,6 +26,9 @@ import urllib.parse
 import urllib.request
 
 BUCKET = 'sde-jax-test'
+# Nothing but the emulator is contacted: google-auth does not probe the GCE metadata server,
+# and gcsfs does not ask Google's storage-control gRPC API (not emulated) for each bucket's layout.
+NO_OTHER_ADDRESS = {'NO_GCE_CHECK': 'true', 'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT': 'false'}
 START_TIMEOUT_S = 60
 
 
@@ -45,7 +48,7 @@ class Emulator:
     """The variables that point google-cloud-storage, gcsfs, tensorstore and etils here."""
     return {'STORAGE_EMULATOR_HOST': self.url, 'TENSORSTORE_GCS_HTTP_URL': self.url,
             'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'test-token', 'EPATH_USE_TF': 'false',
-            'GOOGLE_CLOUD_PROJECT': 'test'}
+            'GOOGLE_CLOUD_PROJECT': 'test', **NO_OTHER_ADDRESS}
 
   def objects(self, prefix: str = '') -> dict[str, int]:
     """Object name -> size of every object whose name starts with ``prefix``."""

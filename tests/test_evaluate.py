@@ -352,7 +352,7 @@ def _block_at_round_1():
 
   def blocking(path, **arrays):
     if os.path.basename(path) == 'samples_1.npz':
-      with open(path + '.tmp', 'wb') as f:
+      with open(os.fspath(path) + '.tmp', 'wb') as f:
         f.write(b'PK partial')
       print('BLOCKED', flush=True)
       time.sleep(3600)
