@@ -48,7 +48,7 @@ def bench_config(relative: str, batch: int, n_jitted_steps: int, calls: int) -> 
   optimizer = train.make_optimizer(config.optim)
   init = train.state_initializer(job.model, optimizer, job.image_shape)
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  shardings = parallel.param_shardings(mesh, abstract)
+  shardings = parallel.param_shardings(mesh, abstract, config.parallel.fsdp_min_size)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
   cpu = mesh.devices.flat[0].platform == 'cpu'
   step = train.compile_train_step(

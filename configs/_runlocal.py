@@ -39,6 +39,9 @@ EVAL = dict(batch_size=8, num_samples=8, num_likelihood=8, inception_width=1 / 1
             inception_image_size=75, bpd_num_repeats=1)
 OPTIM = dict(warmup=0)  # the parameters move from the first step
 CONTROLLABLE = dict(solver_iters=1)
+# With parallel.fsdp > 1, the shrunk network's kernels are sharded as a full-size network's are
+# (its leaves are all far below the full-size threshold); biases and norms stay whole.
+PARALLEL = dict(fsdp_min_size=2 ** 8)
 # WRN-10-1 with an 8-wide embedding; 3 steps of 8 examples, one per call, saved at the end.
 CLASSIFIER = dict(blocks_per_group=1, channel_multiplier=1, embedding_size=8)
 CLASSIFIER_TRAINING = dict(batch_size=8, n_iters=3, n_jitted_steps=1, log_freq=1, eval_freq=3,
@@ -52,7 +55,8 @@ def _set(section, fields):
 
 def runlocal(config):
   """Shrinks ``config`` in place (and returns it): the network, image size, number of noise
-  scales, training schedule, evaluation sizes, warm-up, GMRES steps and the classifier section.
+  scales, training schedule, evaluation sizes, warm-up, the FSDP size threshold, GMRES steps and
+  the classifier section.
 
   Raises:
     ValueError: for a network family the recipe does not know, so that a new one gets a size.
@@ -67,6 +71,8 @@ def runlocal(config):
   _set(config.training, TRAINING)
   _set(config.eval, EVAL)
   _set(config.optim, OPTIM)
+  if 'parallel' in config:
+    _set(config.parallel, PARALLEL)
   if 'controllable' in config:
     _set(config.controllable, CONTROLLABLE)
   if 'classifier' in config:

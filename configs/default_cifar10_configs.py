@@ -59,8 +59,9 @@ def get_default_configs():
       # score_sde checkpoints, 'pytorch' for score_sde_pytorch ones.
       flavour='jax',
   ))
-  # Device mesh: fsdp > 1 shards parameters and optimizer state over that many devices.
-  config.parallel = ml_collections.ConfigDict(dict(fsdp=1))
+  # Device mesh: fsdp > 1 shards parameters and optimizer state over that many devices; arrays
+  # of fewer than fsdp_min_size elements (biases, norms: a small share of the bytes) stay whole.
+  config.parallel = ml_collections.ConfigDict(dict(fsdp=1, fsdp_min_size=2 ** 16))
   config.optim = ml_collections.ConfigDict(dict(
       optimizer='Adam', lr=2e-4, beta1=0.9, eps=1e-8, weight_decay=0.,
       warmup=5000, grad_clip=1.,

@@ -26,6 +26,9 @@ flags.DEFINE_string('eval_folder', 'eval', 'eval: the sub-folder of --workdir fo
 flags.DEFINE_integer('class', None, 'sample: draw samples of this class with the classifier of '
                      'sde-jax train-classifier (guidance: --config.controllable.guidance_scale).')
 flags.DEFINE_integer('num_images', 8, 'inpaint, colorize: how many images to condition on.')
+flags.DEFINE_list('allow_config_change', [], 'train, train-classifier: config fields (or '
+                  'sections, or "all") that may differ from those the workdir\'s checkpoint was '
+                  'trained with; others than the schedule are refused (docs/training.md).')
 flags.DEFINE_string('folder', None, 'inpaint, colorize: a folder of PNG / JPEG images to use '
                     'instead of the config\'s eval split.')
 
@@ -45,7 +48,8 @@ def _import(config, workdir):
 
 def _train(config, workdir):
   from sde_jax import train
-  train.train_and_evaluate(config, workdir)
+  train.train_and_evaluate(config, workdir,
+                           allow_config_change=tuple(FLAGS.allow_config_change))
 
 
 def _sample(config, workdir):
@@ -79,7 +83,8 @@ def _colorize(config, workdir):
 
 def _train_classifier(config, workdir):
   from sde_jax.controllable import train_classifier
-  train_classifier.train_classifier(config, workdir)
+  train_classifier.train_classifier(config, workdir,
+                                    allow_config_change=tuple(FLAGS.allow_config_change))
 
 
 def _eval(config, workdir):

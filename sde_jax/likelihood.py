@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_jax import odeint, rng
+from sde_jax import nonfinite, odeint, rng
 from sde_jax.sde import SDE, sum_except_batch
 
 Array = jax.Array
@@ -149,6 +149,10 @@ def get_likelihood_fn(sde: SDE, inverse_scaler: Callable, hutchinson_type: str =
   Raises:
     ValueError: for an unknown ``hutchinson_type`` or ``solver``; ``likelihood_fn`` raises it
       for an ``epsilon`` with ``exact_trace=True`` or of a shape other than ``data``'s.
+    FloatingPointError: from ``likelihood_fn``, on the host, when a NaN or infinity in an
+      example (its data, or the score network's output) stopped the solve; it names the
+      examples and the time reached, and the batch's values are NaN
+      (:mod:`sde_jax.nonfinite`).
   """
   if hutchinson_type not in HUTCHINSON_NOISE:
     raise ValueError(f'hutchinson_type={hutchinson_type!r} is not known; expected one of '
@@ -165,10 +169,14 @@ def get_likelihood_fn(sde: SDE, inverse_scaler: Callable, hutchinson_type: str =
     probe = None if exact_trace else _probe(draw, key, data, epsilon, first_index)
     vector_field = _augmented_vector_field(drift_fn, probe)
     state0 = (data, jnp.zeros((data.shape[0],), data.dtype))
-    (z, delta_logp), nfe = odeint.integrate(vector_field, state0, eps, sde.T, rtol=rtol,
-                                            atol=atol, solver=solver)
+    (z, delta_logp), nfe, t = odeint.solve(vector_field, state0, eps, sde.T, rtol=rtol,
+                                           atol=atol, solver=solver)
+    bad = nonfinite.example_mask((z, delta_logp))
+    # The other examples stopped at t, not at T: none of the batch's values is a likelihood.
+    z, delta_logp = (jnp.where(jnp.any(bad), jnp.nan, a) for a in (z, delta_logp))
     logp = sde.prior_logp(z) + delta_logp
-    return bits_per_dim(logp, int(np.prod(data.shape[1:])), offset), z, nfe
+    bpd = bits_per_dim(logp, int(np.prod(data.shape[1:])), offset)
+    return bpd, z, nfe, nonfinite.report(bad, t)
 
   jitted = jax.jit(likelihood_fn, static_argnums=(1,))
 
@@ -176,7 +184,10 @@ def get_likelihood_fn(sde: SDE, inverse_scaler: Callable, hutchinson_type: str =
   def call(key, score_fn, params, data, epsilon=None, first_index=0):
     # Positional arguments and an array index: jit keys its cache on how arguments are passed
     # and on Python scalars' weak types, and neither should cost a second compilation.
-    return jitted(key, score_fn, params, data, epsilon, jnp.asarray(first_index, jnp.uint32))
+    bpd, z, nfe, report = jitted(key, score_fn, params, data, epsilon,
+                                 jnp.asarray(first_index, jnp.uint32))
+    nonfinite.raise_if_any(report, f'likelihood ({solver})', data.shape[0])
+    return bpd, z, nfe
 
   return call
 

@@ -17,9 +17,32 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+class Solution(NamedTuple):
+  """What :func:`solve` returns.
+
+  Attributes:
+    y1: the state at ``t1``; NaN in the examples that met a non-finite state.
+    nfe: the number of vector-field evaluations spent (int32).
+    t: the time reached: ``t1``, or where a non-finite state stopped the solve.
+  """
+
+  y1: Any
+  nfe: jax.Array
+  t: jax.Array
+
+
 def integrate(vector_field: Callable[[jax.Array, Any], Any], y0: Any, t0: float, t1: float, *,
               rtol: float = 1e-5, atol: float = 1e-5, solver: str = 'rk45',
               max_steps: int = 16384) -> tuple[Any, jax.Array]:
+  """``(y1, nfe)`` of :func:`solve`."""
+  y1, nfe, _ = solve(vector_field, y0, t0, t1, rtol=rtol, atol=atol, solver=solver,
+                     max_steps=max_steps)
+  return y1, nfe
+
+
+def solve(vector_field: Callable[[jax.Array, Any], Any], y0: Any, t0: float, t1: float, *,
+          rtol: float = 1e-5, atol: float = 1e-5, solver: str = 'rk45',
+          max_steps: int = 16384) -> Solution:
   """Solves ``dy/dt = vector_field(t, y)`` from ``t0`` to ``t1`` (either direction).
 
   Args:
@@ -33,20 +56,26 @@ def integrate(vector_field: Callable[[jax.Array, Any], Any], y0: Any, t0: float,
       the same tolerances) or ``'tsit5'``.
     max_steps: a bound on the number of steps; exceeding it is an error.
 
+  A NaN or infinity in the state or in a step's proposal ends the solve at once (an adaptive
+  solver would reject the step and retry ever smaller ones until ``max_steps``): the entries of
+  ``y1`` that are not finite become NaN and ``t`` is the time reached. The caller reports it
+  (:mod:`sde_jax.nonfinite`; examples are indices along the leading axis of ``y0``'s leaves).
+
   Returns:
-    ``(y1, nfe)``: the state at ``t1`` and the number of vector-field evaluations spent.
+    The :class:`Solution`.
 
   Raises:
     ValueError: for an unknown ``solver``.
   """
   if solver not in SOLVERS:
     raise ValueError(f'solver={solver!r} is not known; expected one of {sorted(SOLVERS)}.')
-  return SOLVERS[solver](vector_field, y0, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps)
+  return Solution(*SOLVERS[solver](vector_field, y0, t0, t1, rtol=rtol, atol=atol,
+                                   max_steps=max_steps))
 
 
 def diffrax_solver(solver_cls, evals_per_step: int) -> Callable:
-  """``solve(vector_field, y0, t0, t1, *, rtol, atol, max_steps) -> (y1, nfe)`` with a diffrax
-  solver under its PID step-size controller.
+  """``solve(vector_field, y0, t0, t1, *, rtol, atol, max_steps) -> (y1, nfe, t)`` with a
+  diffrax solver under its PID step-size controller (ended early by a non-finite state).
 
   Args:
     solver_cls: a diffrax solver class (``diffrax.Dopri5``, ``diffrax.Tsit5``).
@@ -54,20 +83,62 @@ def diffrax_solver(solver_cls, evals_per_step: int) -> Callable:
       pairs: of their 7 stages the first reuses the last evaluation of the previous step).
 
   Returns:
-    The solve function, with :func:`integrate`'s arguments.
+    The solve function, with :func:`solve`'s arguments and results.
   """
   def solve(vector_field, y0, t0, t1, *, rtol, atol, max_steps):
     term = diffrax.ODETerm(lambda t, y, args: vector_field(t, y))
     sol = diffrax.diffeqsolve(
         term, solver_cls(), t0=t0, t1=t1, dt0=None, y0=y0,
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True))
-    y1 = jax.tree_util.tree_map(lambda a: a[-1], sol.ys)
+        stepsize_controller=StopOnNonFinite(diffrax.PIDController(rtol=rtol, atol=atol)),
+        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True, controller_state=True))
+    bad = sol.controller_state[1]
+    y1 = jax.tree_util.tree_map(lambda a, b: jnp.where(b, jnp.nan, a[-1]), sol.ys, bad)
     # The initial step-size selection evaluates once at t0; that value is the first stage too.
-    nfe = evals_per_step * sol.stats['num_steps'] + _INIT_EVALS
-    return y1, jnp.asarray(nfe, jnp.int32)
+    nfe = jnp.asarray(evals_per_step * sol.stats['num_steps'] + _INIT_EVALS, jnp.int32)
+    return y1, nfe, sol.ts[-1]
 
   return solve
+
+
+class StopOnNonFinite(diffrax.AbstractAdaptiveStepSizeController):
+  """``inner``'s step-size control, ending the solve at the first non-finite proposal.
+
+  diffrax maps a NaN error estimate to infinity and rejects the step, then retries ever smaller
+  steps until ``max_steps``. Here the step's result is ``event_occurred`` instead, which ends
+  diffrax's loop as an event does, and the state carries which elements were non-finite (in
+  the state, else in the proposal), for the caller's error.
+  """
+
+  inner: diffrax.PIDController
+  rtol: float
+  atol: float
+  norm: Callable
+
+  def __init__(self, inner: diffrax.PIDController):
+    self.inner, self.rtol, self.atol, self.norm = inner, inner.rtol, inner.atol, inner.norm
+
+  def wrap(self, direction):
+    return StopOnNonFinite(self.inner.wrap(direction))
+
+  def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+    tnext, state = self.inner.init(terms, t0, t1, y0, dt0, args, func, error_order)
+    return tnext, (state, jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, bool), y0))
+
+  def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order,
+                      controller_state):
+    *out, state, result = self.inner.adapt_step_size(
+        t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state[0])
+    in_state = jax.tree_util.tree_map(lambda a: ~jnp.isfinite(a), y0)
+    in_proposal = jax.tree_util.tree_map(lambda a: ~jnp.isfinite(a), y1_candidate)
+    state_bad = _any_leaf(in_state)
+    bad = jax.tree_util.tree_map(lambda s, p: jnp.where(state_bad, s, p), in_state, in_proposal)
+    stop = _any_leaf(bad)
+    result = diffrax.RESULTS.where(stop, diffrax.RESULTS.event_occurred, result)
+    return (*out, (state, bad), result)
+
+
+def _any_leaf(tree) -> jax.Array:
+  return jnp.any(jnp.stack([jnp.any(b) for b in jax.tree_util.tree_leaves(tree)]))
 
 
 _INIT_EVALS = 1
@@ -97,7 +168,10 @@ def _initial_step(fun, t0, y0, f0, direction, span, rtol, atol):
   d2 = _rms((f1 - f0) / scale) / h0
   h1 = jnp.where((d1 <= 1e-15) & (d2 <= 1e-15), jnp.maximum(1e-6, h0 * 1e-3),
                  (0.01 / jnp.maximum(d1, d2)) ** (-_EXPONENT))
-  return jnp.minimum(jnp.minimum(100 * h0, h1), span)
+  h = jnp.minimum(jnp.minimum(100 * h0, h1), span)
+  # A non-finite f1 would make every element of the first proposal NaN; with h0 the proposal is
+  # NaN in the examples that are, and the error can name them.
+  return jnp.where(jnp.isfinite(h), h, jnp.where(jnp.isfinite(h0), h0, span))
 
 
 def _dopri_step(fun, t, y, f, h):
@@ -118,10 +192,17 @@ class _RK45State(NamedTuple):
   h_abs: jax.Array
   rejected: jax.Array
   attempts: jax.Array
+  bad: jax.Array  # per element of y: non-finite in the state, or in the last attempt's proposal
 
 
 def rk45(vector_field, y0, t0: float, t1: float, *, rtol: float = 1e-5, atol: float = 1e-5,
          max_steps: int = 16384):
+  """``(y1, nfe)`` of :func:`rk45_solve`."""
+  return rk45_solve(vector_field, y0, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps)[:2]
+
+
+def rk45_solve(vector_field, y0, t0: float, t1: float, *, rtol: float = 1e-5,
+               atol: float = 1e-5, max_steps: int = 16384):
   """scipy's ``solve_ivp(method='RK45')`` algorithm in a ``lax.while_loop``.
 
   Step control, per attempt with error ``e = rms(err / (atol + rtol max(|y|, |y_new|)))``:
@@ -140,12 +221,17 @@ def rk45(vector_field, y0, t0: float, t1: float, *, rtol: float = 1e-5, atol: fl
     max_steps: the most step attempts (accepted or rejected) before giving up.
 
   Returns:
-    ``(y1, nfe)``: the state at ``t1`` (structure of ``y0``) and the int32 number of
-    vector-field evaluations, ``2 + 6 * attempts``.
+    ``(y1, nfe, t)``: the state at ``t1`` (structure of ``y0``; NaN where it met a non-finite
+    state), the int32 number of vector-field evaluations, ``2 + 6 * attempts``, and the time
+    reached (``t1``, or the last accepted time before a non-finite state).
+
+  A NaN or infinity in the state or in an attempt's proposal ends the loop at once (a
+  rejected non-finite step would otherwise be retried, ever smaller, until ``max_steps``).
 
   Raises:
     An equinox runtime error (``eqx.error_if``, raised inside jit when the result is computed)
-    if ``max_steps`` attempts do not reach ``t1``.
+    if ``max_steps`` attempts do not reach ``t1`` (not for a non-finite state, which the
+    caller reports from ``y1`` and ``t``).
   """
   flat0, unravel = ravel_pytree(y0)
   dtype = flat0.dtype
@@ -170,19 +256,26 @@ def rk45(vector_field, y0, t0: float, t1: float, *, rtol: float = 1e-5, atol: fl
     ok = e < 1
     return _RK45State(t=jnp.where(ok, t_new, s.t), y=jnp.where(ok, y_new, s.y),
                       f=jnp.where(ok, f_new, s.f), h_abs=jnp.abs(h) * jnp.where(ok, grow, shrink),
-                      rejected=~ok, attempts=s.attempts + 1)
+                      rejected=~ok, attempts=s.attempts + 1, bad=_non_finite(y_new, f_new))
 
   def running(s: _RK45State):
-    return (s.t != t1) & (s.attempts < max_steps)
+    # A non-finite proposal would only be rejected with ever smaller steps until max_steps.
+    return (s.t != t1) & (s.attempts < max_steps) & ~jnp.any(s.bad)
 
-  init = _RK45State(t0, flat0, f0, h0.astype(dtype), jnp.array(False), jnp.array(0, jnp.int32))
+  init = _RK45State(t0, flat0, f0, h0.astype(dtype), jnp.array(False), jnp.array(0, jnp.int32),
+                    _non_finite(flat0, f0))
   final = jax.lax.while_loop(running, attempt, init)
-  y1 = eqx.error_if(final.y, final.t != t1,
+  stopped = jnp.any(final.bad)
+  y1 = eqx.error_if(jnp.where(final.bad, jnp.nan, final.y), (final.t != t1) & ~stopped,
                     f'rk45: max_steps={max_steps} attempts did not reach t1; raise max_steps or '
                     'the tolerances.')
-  return unravel(y1), 2 + 6 * final.attempts
+  return unravel(y1), 2 + 6 * final.attempts, final.t
+
+
+def _non_finite(y, f):
+  return ~jnp.isfinite(y) | ~jnp.isfinite(f)
 
 
 # The solvers by name: scipy's RK45 as the original code uses it, and two diffrax pairs.
-SOLVERS = {'rk45': rk45, 'dopri5': diffrax_solver(diffrax.Dopri5, 6),
+SOLVERS = {'rk45': rk45_solve, 'dopri5': diffrax_solver(diffrax.Dopri5, 6),
            'tsit5': diffrax_solver(diffrax.Tsit5, 6)}

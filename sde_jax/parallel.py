@@ -18,6 +18,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXES = ('data', 'fsdp')
+# Arrays with fewer elements stay replicated under FSDP (``config.parallel.fsdp_min_size``).
+FSDP_MIN_SIZE = 2 ** 16
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
@@ -97,7 +99,7 @@ def _param_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
   return P(*spec)
 
 
-def param_shardings(mesh: Mesh, tree: Any, min_size: int = 2 ** 16) -> Any:
+def param_shardings(mesh: Mesh, tree: Any, min_size: int = FSDP_MIN_SIZE) -> Any:
   """A ``NamedSharding`` for every array (or ``ShapeDtypeStruct``) leaf of ``tree``.
 
   Args:
@@ -115,17 +117,34 @@ def param_shardings(mesh: Mesh, tree: Any, min_size: int = 2 ** 16) -> Any:
       lambda leaf: NamedSharding(mesh, _param_spec(tuple(leaf.shape), fsdp, min_size)), tree)
 
 
-def check_batch_size(global_batch: int, mesh: Mesh) -> int:
+def fsdp_summary(tree: Any, min_size: int) -> str:
+  """What of ``tree`` (arrays placed by :func:`param_shardings`) is split over the ``fsdp``
+  axis, for the log: arrays and values split, and why the others are not."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  split = [x for x in leaves if 'fsdp' in jax.tree_util.tree_leaves(tuple(x.sharding.spec))]
+  fsdp = leaves[0].sharding.mesh.shape['fsdp']
+  total = sum(x.size for x in leaves)
+  return (f'{len(split)} of {len(leaves)} arrays, {sum(x.size for x in split) / total:.1%} of '
+          f'the {total} values, split over fsdp={fsdp} devices; the others (under '
+          f'fsdp_min_size={min_size} values, or no axis divisible by {fsdp}) are replicated.')
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, field: str = 'training.batch_size') -> int:
   """The per-process batch size, after checking that ``global_batch`` splits evenly.
+
+  Args:
+    global_batch: the batch size over all processes.
+    mesh: the job's mesh.
+    field: the config field the batch size comes from, for the message.
 
   Raises:
     ValueError: at start-up, naming the batch size and the device / process counts.
   """
   if global_batch % mesh.size:
-    raise ValueError(f'training.batch_size={global_batch} is not divisible by the number of '
+    raise ValueError(f'{field}={global_batch} is not divisible by the number of '
                      f'devices, {mesh.size}; choose a multiple of {mesh.size}.')
   if global_batch % jax.process_count():
-    raise ValueError(f'training.batch_size={global_batch} is not divisible by the number of '
+    raise ValueError(f'{field}={global_batch} is not divisible by the number of '
                      f'processes, {jax.process_count()}.')
   return global_batch // jax.process_count()
 

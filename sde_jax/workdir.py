@@ -120,17 +120,26 @@ def keep_previous_outputs(directory: PathLike, names: Iterable[str]) -> None:
     backup = fresh_path(directory / time.strftime('previous-%Y%m%d-%H%M%S'))
     backup.mkdir(parents=True)
     for f in existing:
-      _move(directory / f, backup / f)
+      move(directory / f, backup / f)
     logging.warning('Moved the outputs of an earlier run to %s', backup)
 
 
-def _move(source: epath.Path, target: epath.Path) -> None:
-  """Renames a file; on an object store (no folders, no renames) a copy, then a delete."""
-  if is_remote(source):
+def move(source: PathLike, target: PathLike) -> None:
+  """Renames a file or a folder. On an object store, which has no folders and no renames,
+  every object under ``source`` is copied to the same name under ``target``, then deleted."""
+  source, target = path(source), path(target)
+  if not is_remote(source):
+    source.rename(target)
+    return
+  if not source.is_dir():
     source.copy(target)
     source.unlink()
-  else:
-    source.rename(target)
+    return
+  for file in files_under(source):
+    destination = target / file.relative_to(source)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    file.copy(destination)
+  source.rmtree()
 
 
 def output_folder(workdir: PathLike, name: str, replaces: Iterable[str] = ()) -> epath.Path:
@@ -142,16 +151,22 @@ def output_folder(workdir: PathLike, name: str, replaces: Iterable[str] = ()) ->
   return directory
 
 
-def find_files(root: PathLike, name: str) -> list[epath.Path]:
-  """Every file called ``name`` under ``root``, at any depth, sorted."""
+def files_under(root: PathLike) -> list[epath.Path]:
+  """Every file under the folder ``root``, at any depth, sorted. (On an object store one
+  listing per folder: epath has no recursive glob there.)"""
   root = path(root)
   if not is_remote(root):
-    return sorted(epath.Path(folder) / name for folder, _, files in os.walk(root) if name in files)
+    return sorted(epath.Path(folder) / f for folder, _, files in os.walk(root) for f in files)
   found, folders = [], [root]
   while folders:
     for child in folders.pop().iterdir():
-      if child.name == name and child.is_file():
-        found.append(child)
-      elif child.is_dir():
+      if child.is_dir():
         folders.append(child)
+      else:
+        found.append(child)
   return sorted(found)
+
+
+def find_files(root: PathLike, name: str) -> list[epath.Path]:
+  """Every file called ``name`` under ``root``, at any depth, sorted."""
+  return [f for f in files_under(root) if f.name == name]

@@ -6,6 +6,7 @@ compiled sampler's evaluations, is in tests/gaussian.py.)"""
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import pathlib
@@ -146,4 +147,13 @@ def event_scalars(data: bytes, tag: str) -> dict[int, float]:
     event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
     i += 12 + n + 4
     values.update({event.step: v.simple_value for v in event.summary.value if v.tag == tag})
+  return values
+
+
+def workdir_scalars(workdir, tag: str) -> dict[int, float]:
+  """``{step: value}`` of the scalar ``tag`` in every event file of ``workdir/tensorboard``."""
+  values = {}
+  for path in glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')):
+    with open(path, 'rb') as f:
+      values.update(event_scalars(f.read(), tag))
   return values

@@ -4,6 +4,7 @@ import json
 import pathlib
 import sys
 
+import chex
 import jax
 import ml_collections
 import numpy as np
@@ -152,3 +153,105 @@ def test_restore_reads_a_checkpoint_saved_with_another_device_layout(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split() == ['7', 'test']
   np.testing.assert_array_equal(np.load(tmp_path / 'out.npy'), 2 * value)
+
+
+# --------------------------------------------------------------------------------------------
+# Integrity: each step's manifest of hashes, checked before a restore.
+
+
+def _tree(value):
+  """Random values (which do not compress away: the array's chunk file is the largest one)."""
+  rng = np.random.default_rng(value)
+  return {'w': rng.normal(size=(64, 32)).astype(np.float32), 'b': np.arange(3.0) + value}
+
+
+@pytest.fixture(scope='module')
+def two_steps(tmp_path_factory):
+  """A workdir with steps 3 and 5 (params = EMA = step value), written by save_items."""
+  workdir = tmp_path_factory.mktemp('two_steps')
+  manager = checkpoints.checkpoint_manager(workdir, writer=True)
+  for step in (3, 5):
+    checkpoints.save_items(manager, step, {'params': _tree(step), 'params_ema': _tree(step)},
+                           {'source': 'test'})
+  manager.close()
+  return workdir
+
+
+@pytest.fixture
+def workdir(two_steps, tmp_path):
+  import shutil
+  shutil.copytree(two_steps, tmp_path / 'run')
+  return tmp_path / 'run'
+
+
+def _array_file(step_dir):
+  """The largest file under params/: the chunks of ``w`` (a changed byte there restores
+  silently with a wrong value of ``w`` when nothing checks it)."""
+  return max((p for p in (step_dir / 'params').rglob('*') if p.is_file()),
+             key=lambda p: p.stat().st_size)
+
+
+def test_manifest_lists_every_file_and_an_intact_step_restores(workdir):
+  from sde_jax.checkpoints import integrity
+  step_dir = workdir / 'checkpoints' / '5'
+  listed = set(json.loads((step_dir / 'manifest.json').read_text())['files'])
+  on_disk = {p.relative_to(step_dir).as_posix() for p in step_dir.rglob('*') if p.is_file()}
+  assert listed == {f for f in on_disk if f != 'manifest.json'
+                    and pathlib.PurePath(f).name not in integrity.UNHASHED}
+  assert {'meta/metadata', 'params/_METADATA', 'params_ema/manifest.ocdbt'} <= listed
+  state, meta = checkpoints.restore(workdir)
+  assert state.step == 5 and meta['integrity'] == integrity.META_VALUE
+  chex.assert_trees_all_equal(jax.device_get(state.params_ema), _tree(5))
+
+
+def _flip_byte(path):
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0x01
+  path.write_bytes(bytes(data))
+
+
+def _truncate(path):
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize('damage, file, problem', [
+    (lambda d: _flip_byte(_array_file(d)), None, 'sha256'),
+    (lambda d: _truncate(d / 'meta' / 'metadata'), 'meta/metadata', 'bytes, the manifest says'),
+    (lambda d: _flip_byte(d / 'params' / '_METADATA'), 'params/_METADATA', 'sha256'),
+    (lambda d: _array_file(d).unlink(), None, 'missing'),
+    (lambda d: _truncate(d / 'manifest.json'), 'manifest.json', 'unreadable'),
+    (lambda d: (d / 'manifest.json').unlink(), 'manifest.json', 'missing'),
+])
+def test_damaged_step_falls_back_to_the_newest_intact_one(workdir, caplog, damage, file,
+                                                           problem):
+  step_dir = workdir / 'checkpoints' / '5'
+  file = file or _array_file(step_dir).relative_to(step_dir).as_posix()
+  damage(step_dir)
+  with caplog.at_level('WARNING'):
+    state, _ = checkpoints.restore(workdir)
+  assert state.step == 3
+  chex.assert_trees_all_equal(jax.device_get(state.params), _tree(3))
+  assert f'{step_dir} is damaged: {file}: ' in caplog.text and problem in caplog.text
+  # Asked for by number, the damaged step is an error naming it, not a silent fallback.
+  with pytest.raises(checkpoints.DamagedCheckpointError, match=f'{step_dir} is damaged'):
+    checkpoints.restore_params(workdir, None, step=5)
+
+
+def test_every_step_damaged_is_a_clear_error(workdir):
+  for step in (3, 5):
+    _flip_byte(_array_file(workdir / 'checkpoints' / str(step)))
+  with pytest.raises(checkpoints.CheckpointError, match=r'every checkpoint under .* is damaged '
+                     r'\(2 steps: 5: params/.*: sha256 .*; 3: params/.*\); nothing to restore'):
+    checkpoints.restore(workdir)
+
+
+def test_a_step_without_manifest_restores_unverified(workdir, caplog):
+  """As written before manifests: no manifest.json and no 'integrity' in meta."""
+  step_dir = workdir / 'checkpoints' / '5'
+  (step_dir / 'manifest.json').unlink()
+  meta = json.loads((step_dir / 'meta' / 'metadata').read_text())
+  del meta['integrity']
+  (step_dir / 'meta' / 'metadata').write_text(json.dumps(meta))
+  with caplog.at_level('WARNING'):
+    state, _ = checkpoints.restore(workdir)
+  assert state.step == 5 and 'restoring it unverified' in caplog.text

@@ -176,3 +176,23 @@ def test_train_classifier_saves_and_restores(tmp_path):
 def test_restore_without_classifier_says_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError, match='train-classifier'):
     controllable.restore_classifier(tiny_config(), str(tmp_path))
+
+
+def test_resume_with_another_classifier_optimizer_is_refused(tmp_path):
+  """train-classifier's resume goes through the same guard as train's (train.fit): a checkpoint
+  saved with the tiny config, resumed with another classifier.optim.lr, stops before compiling."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from sde_jax import checkpoints, train  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  manager = checkpoints.checkpoint_manager(tmp_path / 'classifier',
+                                           item_names=checkpoints.TRAIN_ITEMS, writer=True)
+  params = {'w': np.zeros(2, np.float32)}
+  state = train.TrainState(np.int32(2), params, optax.adam(1e-3).init(params), params,
+                           jax.random.key(0))
+  train.save_state(manager, state, 2, {'config': json.loads(config.to_json_best_effort())})
+  manager.close()
+  old = config.classifier.optim.lr
+  config.classifier.optim.lr = old * 2
+  with pytest.raises(train.ConfigChangeError,
+                     match=rf'classifier.optim.lr: {old!r} \(saved\) -> {old * 2!r} \(now\)'):
+    train_classifier.train_classifier(config, str(tmp_path), allow_config_change=('optim.lr',))

@@ -282,6 +282,29 @@ def test_waits_for_a_checkpoint_that_arrives(tmp_path, monkeypatch):
     index.close()
 
 
+def test_a_damaged_checkpoint_is_left_out_and_named(tmp_path, caplog):
+  """Steps 3 and 5 (numbers 3 and 5); a changed byte in step 5's meta: number 5 is an error
+  naming the step and file (evaluate() skips it with a warning), number 3 is evaluated."""
+  manager = checkpoints.checkpoint_manager(tmp_path, writer=True)
+  for step in (3, 5):
+    tree = {'w': np.full((2,), step, np.float32)}
+    checkpoints.save_items(manager, step, {'params': tree, 'params_ema': tree},
+                           {'source': 'sde-jax train'})
+  manager.close()
+  meta = tmp_path / 'checkpoints' / '5' / 'meta' / 'metadata'
+  meta.write_text(meta.read_text().replace('train', 'trair'))
+  index = evaluate.CheckpointIndex(str(tmp_path), snapshot_freq=1)
+  try:
+    with caplog.at_level('WARNING'):
+      assert index.numbers() == {3: (3, 'sde-jax train')}
+    assert 'checkpoints/5 is damaged: meta/metadata: sha256' in caplog.text
+    with pytest.raises(checkpoints.DamagedCheckpointError, match='5 is damaged: meta/metadata'):
+      index.wait_for(5)
+    assert index.wait_for(3) == (3, 'sde-jax train')
+  finally:
+    index.close()
+
+
 # --------------------------------------------------------------------------------------------
 # Settings and errors.
 
@@ -298,16 +321,18 @@ def test_bpd_repeats_follow_the_original(files):
 
 
 def test_missing_weights_and_statistics_are_clear_errors(tmp_path, files):
+  """Found by the start-up check (sde_jax/config_check.py), before anything is written."""
   config = parse_flags(files['flags'])
   config.eval.inception_weights = None
-  with pytest.raises(FileNotFoundError, match='pt_inception-2015-12-05'):
+  with pytest.raises(ValueError, match='eval.inception_weights=None.*pt_inception-2015-12-05'):
     evaluate.evaluate(config, str(tmp_path))
   config = parse_flags(files['flags'])
   config.eval.stats_path = None
-  with pytest.raises(FileNotFoundError, match='sde-jax fid-stats.*cifar10_stats.npz'):
+  with pytest.raises(ValueError,
+                     match='eval.stats_path=None.*sde-jax fid-stats.*cifar10_stats.npz'):
     evaluate.evaluate(config, str(tmp_path))
   config.eval.stats_path = str(tmp_path / 'nope.npz')
-  with pytest.raises(FileNotFoundError, match='nope.npz'):
+  with pytest.raises(ValueError, match="eval.stats_path='.*nope.npz'; expected an existing file"):
     evaluate.evaluate(config, str(tmp_path))
   assert not (tmp_path / 'eval').exists()
 

@@ -41,15 +41,8 @@ FAST_COMPILE = '--xla_backend_optimization_level=0'
 def _worker(argv):
   """``sde-jax train`` (flags ``argv``), hanging when it asks for train batch ``BLOCK_AT``."""
   from sde_jax import cli  # pylint: disable=g-import-not-at-top
-  from tests.test_train import patch_train_batches  # pylint: disable=g-import-not-at-top
-
-  def block(index, batch):
-    if index == BLOCK_AT:
-      print('BLOCKED', flush=True)
-      time.sleep(3600)
-    return batch
-
-  patch_train_batches(pytest.MonkeyPatch(), block)
+  from tests.test_train import hang_at_train_batch  # pylint: disable=g-import-not-at-top
+  hang_at_train_batch(BLOCK_AT)
   sys.argv = [sys.argv[0], 'train', *argv]
   cli.main()
 
@@ -68,6 +61,9 @@ def _paths_worker(root):
   fresh = workdir_lib.fresh_path(out / 'r.txt')
   workdir_lib.write_text(out / 'left.tmp', 'killed')
   workdir_lib.remove_temporary(out)
+  workdir_lib.write_text(root / 'step' / 'd' / 'chunk', 'c')  # a folder tree, moved aside
+  workdir_lib.write_text(root / 'step' / 'meta', 'm')
+  workdir_lib.move(root / 'step', root / 'moved')
   print('RESULT ' + json.dumps({
       'x': workdir_lib.read_json(root / 'a' / 'x.json'),
       'missing': workdir_lib.read_json(root / 'nothing.json'),
@@ -96,7 +92,8 @@ def gcs():
 
 
 def test_path_layer_on_gcs(gcs, tmp_path):
-  """Atomic writes, outputs moved aside, fresh names, leftovers removed, a recursive search."""
+  """Atomic writes, outputs moved aside, fresh names, leftovers removed, a folder moved, a
+  recursive search."""
   root = f'gs://{gcs.bucket}/paths'
   env = {**os.environ, **gcs.environment(), 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)}
   out = _run([sys.executable, '-m', 'tests.test_gcs', 'paths', root], tmp_path, env).stdout
@@ -108,8 +105,10 @@ def test_path_layer_on_gcs(gcs, tmp_path):
   assert previous.endswith('/r.txt') and gcs.read(previous) == b'one'
   assert gcs.read('paths/out/r.txt') == b'two' and gcs.read('paths/out/log.md') == b'a\nb\n'
   assert json.loads(gcs.read('paths/a/x.json')) == {'x': 1}
+  assert gcs.read('paths/moved/d/chunk') == b'c' and gcs.read('paths/moved/meta') == b'm'
   assert sorted(objects) == sorted(['paths/a/x.json', 'paths/a/y.npz', 'paths/out/r.txt',
-                                    'paths/out/log.md', previous])
+                                    'paths/out/log.md', previous, 'paths/moved/d/chunk',
+                                    'paths/moved/meta'])
   assert os.listdir(tmp_path) == []
 
 
@@ -153,10 +152,11 @@ def test_train_kill_resume_sample_eval_with_the_workdir_in_a_bucket(gcs, tmp_pat
 
   objects = gcs.objects(RUN + '/')
   names = set(objects)
+  print('\n'.join(f'{objects[n]:>10} {n}' for n in sorted(names)))  # seen with pytest -s
   # Checkpoints: step 6 (kept for good) committed with every item; the kill's leftovers gone.
   for item in ('params', 'params_ema', 'opt_state', 'loop', 'meta'):
     assert any(n.startswith(f'{RUN}/checkpoints/6/{item}/') for n in names), item
-  assert f'{RUN}/checkpoints/6/commit_success.txt' in names
+  assert {f'{RUN}/checkpoints/6/{f}' for f in ('commit_success.txt', 'manifest.json')} <= names
   assert not [n for n in names if 'tmp' in n.rsplit('/', 1)[-1].lower()], sorted(names)
   # TensorBoard: the losses of the two runs, steps 2 and 4 (first run), 6 (resumed).
   events = [n for n in names if n.startswith(f'{RUN}/tensorboard/events.out.tfevents.')]

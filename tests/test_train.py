@@ -9,6 +9,7 @@ Run as ``python -m tests.test_train WORKDIR N_ITERS BLOCK_AT``, this module is t
 kill test: it trains the tiny config and hangs when asked for train batch ``BLOCK_AT``.
 """
 
+import json
 import os
 import pathlib
 import signal
@@ -25,6 +26,7 @@ import pytest
 from sde_jax import checkpoints, parallel, train
 from sde_jax import data as data_lib
 from sde_jax.score_model import ScoreModel
+from sde_jax.train import job as train_job
 from sde_jax.train import state as train_state
 from tests import helpers
 from tests.helpers import subprocess_env
@@ -34,14 +36,15 @@ PTH = pathlib.Path(__file__).parent / 'data' / 've_ncsnpp_continuous_tiny.pth'
 
 
 def tiny_config(**training):
-  """The digits DDPM++ shrunk by the test recipe (tests.helpers.tiny_config), at 8 noise
-  scales; ``training`` overrides.
+  """The digits DDPM++ shrunk by the test recipe (tests.helpers.tiny_config), at the recipe's
+  25 noise scales; ``training`` overrides.
 
   By default: 12 steps of 8 images, 2 per compiled call, a checkpoint every 2 steps (the last
   one kept) plus every 8th kept for good; no warm-up, so the parameters move from step 1.
+  (At 8 scales the VP chain's beta_N = 20 / 8 >= 1 made the reverse-diffusion + Langevin
+  snapshots NaN; the start-up check now refuses it.)
   """
-  return helpers.tiny_config('digits/ddpmpp_continuous.py', model=dict(num_scales=8),
-                             training=training)
+  return helpers.tiny_config('digits/ddpmpp_continuous.py', training=training)
 
 
 def patch_train_batches(monkeypatch, on_batch):
@@ -58,6 +61,18 @@ def patch_train_batches(monkeypatch, on_batch):
     return (on_batch(start + i, batch) for i, batch in enumerate(batches))
 
   monkeypatch.setattr(data_lib.pipeline, 'get_dataset', wrapped)
+
+
+def hang_at_train_batch(block_at: int) -> None:
+  """Makes this process's training hang (printing ``BLOCKED``) when it asks for train batch
+  ``block_at``: the worker of a kill test, which the test kills with SIGKILL."""
+  def block(index, batch):
+    if index == block_at:
+      print('BLOCKED', flush=True)
+      time.sleep(3600)
+    return batch
+
+  patch_train_batches(pytest.MonkeyPatch(), block)
 
 
 def steps_on_disk(workdir):
@@ -93,10 +108,18 @@ def reference(tmp_path_factory):
 
     return traced
 
+  snapshots = []
+  to_uint8 = train_job.images_lib.to_uint8
+
+  def recorded(images):  # the snapshot samples as the sampler returned them, before uint8
+    snapshots.append(np.asarray(images))
+    return to_uint8(images)
+
   with pytest.MonkeyPatch.context() as monkeypatch:
     monkeypatch.setattr(train_state, 'make_train_step', counted)
+    monkeypatch.setattr(train_job.images_lib, 'to_uint8', recorded)
     state = train.train_and_evaluate(tiny_config(snapshot_sampling=True), str(workdir))
-  return {'workdir': workdir, 'state': state, 'traces': len(traces)}
+  return {'workdir': workdir, 'state': state, 'traces': len(traces), 'snapshots': snapshots}
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,6 +133,9 @@ def test_run_writes_checkpoints_events_and_snapshots(reference):
   assert steps_on_disk(workdir) == [8, 12]
   assert set(checkpoints.TRAIN_ITEMS) <= set(os.listdir(workdir / 'checkpoints' / '12'))
   assert sorted(os.listdir(workdir / 'samples')) == ['quality.md', 'step_12.png', 'step_8.png']
+  # Two grids of 8 finite samples in [0, 1] (NaN samples would make black grids).
+  assert [x.shape for x in reference['snapshots']] == [(8, 8, 8, 1)] * 2
+  assert all(np.all(np.isfinite(x)) for x in reference['snapshots'])
   rows = (workdir / 'samples' / 'quality.md').read_text().splitlines()[-2:]
   assert [row.split('|')[1:3] for row in rows] == [[' 8 ', ' 8 '], [' 12 ', ' 8 ']]
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir / 'tensorboard'))
@@ -144,18 +170,48 @@ def test_params_moved_and_ema_lags(reference, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# FSDP: the same training with parameters and optimizer state sharded.
+
+
+def _ways_split(leaf) -> int:
+  """Into how many parts ``leaf`` is split: its size over the size of one device's shard."""
+  return leaf.size // leaf.addressable_shards[0].data.size
+
+
+@pytest.mark.parametrize('fsdp', [2, 4])
+def test_fsdp_trains_like_data_parallelism(reference, tmp_path, fsdp):
+  """8 steps on a (8 / fsdp, fsdp) mesh give the reference's losses and checkpoint of step 8
+  (fsdp 1), to float rounding: the sharded program sums the gradient in another order
+  (reduce-scatter, then all-gather, instead of one all-reduce), measured 1.2e-7 relative on the
+  logged values. Every array of at least the recipe's ``fsdp_min_size`` (256) values, in the
+  parameters, their EMA and Adam's moments, is split fsdp ways (each has an axis of 8, 16 or
+  32); every smaller one is whole on every device."""
+  config = tiny_config(n_iters=8)
+  config.parallel.fsdp = fsdp
+  state = train.train_and_evaluate(config, str(tmp_path))
+  for tree in (state.params, state.params_ema, state.opt_state):
+    leaves = jax.tree_util.tree_leaves(tree)
+    assert [_ways_split(x) for x in leaves] == [fsdp if x.size >= 256 else 1 for x in leaves]
+  assert sum(x.size >= 256 for x in jax.tree_util.tree_leaves(state.params)) == 17
+  for tag in ('train/loss', 'train/grad_norm', 'eval/loss'):
+    got, expected = helpers.workdir_scalars(tmp_path, tag), helpers.workdir_scalars(reference['workdir'], tag)
+    steps = sorted(got)
+    assert steps == ([4, 8] if tag == 'eval/loss' else [2, 4, 6, 8])
+    np.testing.assert_allclose([got[s] for s in steps], [expected[s] for s in steps], rtol=1e-5,
+                               err_msg=tag)
+  expected = restore_trained(reference['workdir'], 8)  # opt_state as saved: dicts and lists
+  for field in ('params', 'params_ema', 'opt_state'):
+    chex.assert_trees_all_close(jax.tree_util.tree_leaves(jax.device_get(getattr(state, field))),
+                                jax.tree_util.tree_leaves(expected[field]), rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
 # Faults.
 
 
 def _worker(workdir, n_iters, block_at):
   """The kill test's training process: hangs when asked for train batch ``block_at``."""
-  def block(index, batch):
-    if index == block_at:
-      print('BLOCKED', flush=True)
-      time.sleep(3600)
-    return batch
-
-  patch_train_batches(pytest.MonkeyPatch(), block)
+  hang_at_train_batch(block_at)
   train.train_and_evaluate(tiny_config(n_iters=n_iters), workdir)
 
 
@@ -210,6 +266,32 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path, monkeypatch):
   assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_preemption_passes_one_more_per_compiled_call(monkeypatch):
+  """JAX's preemption sync manager (several processes) stops at one more than the largest value
+  any host has passed it, and only for that exact value: Preemption passes 1, 2, 3, ..., one
+  per compiled call whatever the steps per call, and answers orbax's own question (which would
+  pass the checkpoint's step) with False."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from sde_jax.train.preemption import Preemption  # pylint: disable=g-import-not-at-top
+  passed, sync_point = [], []
+
+  def reached_sync_point(value):  # PreemptionSyncManagerImpl::ReachedSyncPoint's rule
+    passed.append(value)
+    return value in sync_point
+
+  class Manager:
+    def reached_preemption(self, step):
+      raise AssertionError(f'orbax asked the sync manager about step {step}')
+
+  monkeypatch.setattr(multihost_utils, 'reached_preemption_sync_point', reached_sync_point)
+  manager = Manager()
+  preemption = Preemption(manager)
+  assert not preemption.reached() and not preemption.reached()
+  sync_point.append(max(passed) + 1)  # a notice: the hosts agree on the next value
+  assert preemption.reached()
+  assert passed == [1, 2, 3] and manager.reached_preemption(10) is False
+
+
 def test_nan_stops_training_and_is_never_saved(tmp_path, monkeypatch):
   """A NaN image at step 10 makes the loss NaN; only logged every 16 steps, it is caught
   before the checkpoint of step 12, and the checkpoint of step 8 stays the last, finite."""
@@ -251,8 +333,17 @@ def test_batch_size_not_divisible_by_devices_is_a_start_up_error(tmp_path):
   assert not (tmp_path / 'checkpoints').exists()
 
 
+def test_fsdp_must_divide_the_device_count(tmp_path):
+  config = tiny_config()
+  config.parallel.fsdp = 3
+  with pytest.raises(ValueError, match='parallel.fsdp=3 must be a positive divisor of the number '
+                                       'of devices, 8'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
 def test_periods_must_be_multiples_of_n_jitted_steps(tmp_path):
-  with pytest.raises(ValueError, match='training.log_freq=3 must be a multiple of '
+  with pytest.raises(ValueError, match='training.log_freq=3; expected a positive multiple of '
                                        'training.n_jitted_steps=2'):
     train.train_and_evaluate(tiny_config(log_freq=3), str(tmp_path))
 
@@ -381,3 +472,113 @@ def test_digits_snapshots_are_judged_and_other_data_sets_are_not(tmp_path):
   assert good.split('|')[5].strip() == '10/10'
   config.data.dataset = 'CIFAR10'
   assert train.judge_samples(config, real, str(tmp_path), 300) is None
+
+
+# --------------------------------------------------------------------------------------------
+# Resume guards: damaged checkpoints and a changed config (restore-level: a 12-parameter state,
+# no network, nothing compiled but its init).
+
+
+def _small_state_init(key):
+  params = {'w': jax.numpy.zeros((4, 3))}
+  return train.TrainState(jax.numpy.int32(0), params, optax.adam(1e-3).init(params), params, key)
+
+
+def _config_json(config):
+  return json.loads(config.to_json_best_effort())
+
+
+@pytest.fixture
+def small_run(tmp_path):
+  """A workdir with train checkpoints 2 and 4 of the small state, saved with tiny_config()."""
+  manager = checkpoints.checkpoint_manager(tmp_path, item_names=checkpoints.TRAIN_ITEMS,
+                                           writer=True)
+  state = _small_state_init(jax.random.key(0))
+  for step in (2, 4):
+    state = state.replace(step=jax.numpy.int32(step), params={'w': state.params['w'] + 1})
+    train.save_state(manager, state, step, {'config': _config_json(tiny_config())})
+  manager.close()
+  return tmp_path
+
+
+def _resume(workdir, config=None, allow=()):
+  manager = checkpoints.checkpoint_manager(workdir, item_names=checkpoints.TRAIN_ITEMS,
+                                           writer=True)
+  try:
+    state, _, step = train.restore_or_init(
+        manager, _small_state_init, parallel.make_mesh(), 0,
+        config=_config_json(config or tiny_config()), allow_config_change=allow)
+    return state, step, manager.all_steps()
+  finally:
+    manager.close()
+
+
+def test_resume_moves_a_damaged_newest_step_aside_and_rewrites_it(small_run, caplog):
+  chunks = max((p for p in (small_run / 'checkpoints' / '4' / 'params').rglob('*')
+                if p.is_file()), key=lambda p: p.stat().st_size)
+  chunks.write_bytes(chunks.read_bytes()[:-1] + b'\x00')
+  with caplog.at_level('WARNING'):
+    state, step, steps = _resume(small_run)
+  assert step == 2 and list(steps) == [2]
+  np.testing.assert_array_equal(state.params['w'], np.ones((4, 3)))
+  aside = [p.name for p in (small_run / 'checkpoints').iterdir() if p.name.startswith('damaged-')]
+  assert len(aside) == 1 and aside[0].startswith('damaged-4-')
+  assert 'checkpoints/4 is damaged: params/' in caplog.text and aside[0] in caplog.text
+  # Step 4 can be written again (save_items refuses existing steps), and keep_last counts it.
+  manager = checkpoints.checkpoint_manager(small_run, item_names=checkpoints.TRAIN_ITEMS)
+  train.save_state(manager, state.replace(step=jax.numpy.int32(4)), 4, {})
+  manager.close()
+  assert steps_on_disk(small_run) == [2, 4]
+
+
+@pytest.mark.parametrize('field, value', [
+    ('optim.lr', 0.5), ('training.sde', 'vesde'), ('model.sigma_min', 0.02),
+    ('model.nf', 16), ('data.image_size', 16), ('seed', 7)])
+def test_resume_with_a_changed_run_is_refused_naming_field_old_and_new(small_run, field, value):
+  config = tiny_config()
+  section, name = field.rsplit('.', 1) if '.' in field else ('', field)
+  old = (config[section] if section else config)[name]
+  (config[section] if section else config)[name] = value
+  with pytest.raises(train.ConfigChangeError) as info:
+    _resume(small_run, config)
+  assert f'{field}: {old!r} (saved) -> {value!r} (now)' in str(info.value)
+  assert f'--allow_config_change={field} ' in str(info.value)
+  assert steps_on_disk(small_run) == [2, 4]
+
+
+def test_resume_with_a_changed_schedule_continues(small_run, caplog):
+  config = tiny_config(n_iters=40, log_freq=4, keep_last=3, snapshot_sampling=True)
+  config.eval.num_samples = 3
+  with caplog.at_level('INFO'):
+    _, step, _ = _resume(small_run, config)
+  assert step == 4
+  assert 'training.n_iters: 12 -> 40 (schedule only)' in caplog.text
+
+
+def test_allowed_config_change_continues_and_is_logged(small_run, caplog):
+  config = tiny_config()
+  config.optim.lr = 0.5
+  config.model.sigma_min = 0.02
+  with caplog.at_level('WARNING'):
+    _, step, _ = _resume(small_run, config, allow=('optim.lr', 'model'))
+  assert step == 4
+  assert 'changed optim.lr: 0.001 (saved) -> 0.5 (now), allowed' in caplog.text
+  assert 'changed model.sigma_min: 0.01 (saved) -> 0.02 (now)' in caplog.text
+  with caplog.at_level('WARNING'):
+    _, step, _ = _resume(small_run, config, allow=('all',))
+  assert step == 4
+
+
+def test_train_command_refuses_a_changed_run_before_compiling(small_run, compilation_cache):
+  """`sde-jax train` in a workdir trained with another lr: stops at start-up naming the field;
+  the flag reaches the guard (a field it allows that did not change is reported)."""
+  cmd = [sys.executable, '-m', 'sde_jax.cli', 'train',
+         *helpers.tiny_flags('digits/ddpmpp_continuous.py', model=dict(num_scales=8)),
+         '--config.optim.lr=0.5', '--workdir', str(small_run), '--allow_config_change=model.nf']
+  proc = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(compilation_cache),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert 'ConfigChangeError' in proc.stderr
+  assert 'optim.lr: 0.001 (saved) -> 0.5 (now)' in proc.stderr
+  assert "--allow_config_change names ['model.nf'], which did not change" in proc.stderr
+  assert steps_on_disk(small_run) == [2, 4] and not (small_run / 'tensorboard').exists()

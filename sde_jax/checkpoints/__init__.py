@@ -8,10 +8,13 @@ array of the file must be used, or the import fails with the names and shapes in
 
 One concept a file: ``errors`` (CheckpointError, config hints, tree checks), ``imported_state``,
 ``original_flax`` (score_sde files), ``original_torch`` (score_sde_pytorch files and layouts),
-``storage`` (orbax), ``import_job`` (``import_original``, what ``sde-jax import`` runs).
+``storage`` (orbax), ``integrity`` (manifests of hashes, the newest intact step),
+``sealed_manager`` (orbax's manager writing them), ``import_job`` (``import_original``, what
+``sde-jax import`` runs).
 """
 
 from sde_jax.checkpoints.errors import CheckpointError, check_tree, config_hint
+from sde_jax.checkpoints.integrity import DamagedCheckpointError
 from sde_jax.checkpoints.import_job import import_original, import_to_workdir, param_template
 from sde_jax.checkpoints.imported_state import ImportedState
 from sde_jax.checkpoints.original_flax import import_flax, read_flax
@@ -19,15 +22,15 @@ from sde_jax.checkpoints.original_torch import (Layout, all_modules_layout, impo
                                                 read_torch, to_flax_array,
                                                 unused_time_projections)
 from sde_jax.checkpoints.storage import (ITEMS, TRAIN_ITEMS, checkpoint_manager, has_item,
-                                         latest_step, num_params, on_one_device, restore,
-                                         restore_ema, restore_items, restore_params, save_imported,
-                                         save_items)
+                                         intact_step, latest_step, num_params, on_one_device,
+                                         restore, restore_ema, restore_items, restore_meta,
+                                         restore_params, save_imported, save_items)
 
 __all__ = [
-    'CheckpointError', 'ITEMS', 'ImportedState', 'Layout', 'TRAIN_ITEMS', 'all_modules_layout',
-    'check_tree', 'checkpoint_manager', 'config_hint', 'has_item', 'import_flax',
-    'import_original', 'import_to_workdir', 'import_torch', 'latest_step', 'num_params',
-    'on_one_device', 'param_template', 'read_flax', 'read_torch', 'restore', 'restore_ema',
-    'restore_items', 'restore_params', 'save_imported', 'save_items', 'to_flax_array',
-    'unused_time_projections',
+    'CheckpointError', 'DamagedCheckpointError', 'ITEMS', 'ImportedState', 'Layout',
+    'TRAIN_ITEMS', 'all_modules_layout', 'check_tree', 'checkpoint_manager', 'config_hint',
+    'has_item', 'import_flax', 'import_original', 'import_to_workdir', 'import_torch',
+    'intact_step', 'latest_step', 'num_params', 'on_one_device', 'param_template', 'read_flax',
+    'read_torch', 'restore', 'restore_ema', 'restore_items', 'restore_meta', 'restore_params',
+    'save_imported', 'save_items', 'to_flax_array', 'unused_time_projections',
 ]

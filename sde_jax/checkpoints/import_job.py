@@ -85,6 +85,8 @@ def import_to_workdir(config, checkpoint: str, workdir: str) -> str:
   Returns:
     The directory of the written checkpoint.
   """
+  from sde_jax import config_check  # pylint: disable=g-import-not-at-top
+  config_check.check(config, 'import', checkpoint=checkpoint)  # before the workdir is touched
   state = import_original(checkpoint, config)
   count = num_params(state.params)
   path = save_imported(workdir, state, {'source': os.fspath(workdir_lib.path(checkpoint)),

@@ -1,5 +1,7 @@
 """sde-jax's own checkpoints (orbax): DIR/checkpoints/<step>/{params, params_ema, meta}, plus
-{opt_state, loop} in the checkpoints that `sde-jax train` writes (loop: step count and key)."""
+{opt_state, loop} in the checkpoints that `sde-jax train` writes (loop: step count and key), and
+each step's manifest.json of hashes (:mod:`sde_jax.checkpoints.integrity`), checked before every
+restore: a damaged step is skipped for the newest intact one, with a warning."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import jax
 import numpy as np
 
 from sde_jax import parallel, workdir as workdir_lib
+from sde_jax.checkpoints import integrity
 from sde_jax.checkpoints.imported_state import ImportedState
 
 ITEMS = ('params', 'params_ema', 'meta')
@@ -32,10 +35,12 @@ def checkpoint_manager(workdir: str | os.PathLike, *, keep_last: int | None = No
       leftovers); a reader (``sample``, ``eval``) must not, since a live trainer may be saving.
 
   Returns:
-    An ``orbax.checkpoint.CheckpointManager``; close it when done.
+    An ``orbax.checkpoint.CheckpointManager`` whose saves write each step's manifest
+    (:class:`~sde_jax.checkpoints.sealed_manager.SealedManager`); close it when done.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from orbax.checkpoint import checkpoint_managers as policies  # pylint: disable=g-import-not-at-top
+  from sde_jax.checkpoints import sealed_manager  # pylint: disable=g-import-not-at-top
   directory = workdir_lib.path(workdir) / 'checkpoints'
   policy = None
   if keep_last is not None:
@@ -45,7 +50,7 @@ def checkpoint_manager(workdir: str | os.PathLike, *, keep_last: int | None = No
   # removes them.
   options = ocp.CheckpointManagerOptions(preservation_policy=policy,
                                          cleanup_tmp_directories=writer)
-  return ocp.CheckpointManager(directory, item_names=item_names, options=options)
+  return sealed_manager.SealedManager(directory, item_names=item_names, options=options)
 
 
 def save_items(manager, step: int, trees: Mapping[str, Any], meta: dict) -> None:
@@ -55,7 +60,8 @@ def save_items(manager, step: int, trees: Mapping[str, Any], meta: dict) -> None
     manager: from :func:`checkpoint_manager`, with ``trees``' item names and 'meta'.
     step: the checkpoint's step.
     trees: item name -> pytree of arrays.
-    meta: JSON-serialisable metadata; ``'step'`` is added.
+    meta: JSON-serialisable metadata; ``'step'`` and ``'integrity'`` (that the step has a
+      manifest) are added.
 
   Raises:
     FileExistsError: if ``step`` exists already (checkpoints are never overwritten).
@@ -67,11 +73,13 @@ def save_items(manager, step: int, trees: Mapping[str, Any], meta: dict) -> None
   args = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
   # force: the caller decides when to save; orbax's own interval policy must not skip a step.
   manager.save(step, force=True, args=ocp.args.Composite(
-      **args, meta=ocp.args.JsonSave({**meta, 'step': step})))
+      **args, meta=ocp.args.JsonSave({**meta, 'step': step,
+                                      integrity.META_FIELD: integrity.META_VALUE})))
 
 
 def restore_items(manager, step: int, targets: Mapping[str, Any]) -> dict[str, Any]:
-  """Restores the items named in ``targets`` and ``meta`` of ``step``.
+  """Restores the items named in ``targets`` and ``meta`` of ``step``, unchecked: choose the
+  step with :func:`intact_step` (as every restore here does).
 
   ``targets`` maps an item name to its abstract pytree (``jax.ShapeDtypeStruct`` leaves, with a
   ``sharding`` to restore sharded arrays) or to None: the saved shapes and dtypes, whole on this
@@ -154,17 +162,40 @@ def save_imported(workdir: str | os.PathLike, state: ImportedState, meta: dict) 
 
 
 def latest_step(manager, step: int | None = None) -> int:
-  """``step``, or the latest step of ``manager``; FileNotFoundError if there is none."""
+  """``step``, or the latest step of ``manager``; FileNotFoundError if there is none.
+  (Unchecked: restores go through :func:`intact_step`.)"""
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint under {manager.directory}.')
   return step
 
 
+def intact_step(manager, step: int | None = None) -> int:
+  """``step`` checked against its manifest, or the newest intact step of ``manager``.
+
+  Damaged steps newer than the one returned are logged as warnings naming the step and file.
+
+  Raises:
+    FileNotFoundError: if there is no checkpoint (or no step ``step``).
+    CheckpointError: if ``step`` is damaged, or every step is (naming each).
+  """
+  return integrity.choose_step(manager.directory, manager.all_steps(), step)[0]
+
+
+def restore_meta(manager, step: int) -> dict:
+  """The ``meta`` item of ``step`` (check the step first: :func:`intact_step`)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
+
+
 def restore(workdir: str | os.PathLike, step: int | None = None) -> tuple[ImportedState, dict]:
-  """The latest (or given) step of ``workdir``'s checkpoints, and its metadata."""
+  """The newest intact (or given, checked) step of ``workdir``'s checkpoints, and its metadata.
+
+  Raises:
+    CheckpointError: if ``step`` is damaged, or (``step`` None) every checkpoint is.
+  """
   manager = checkpoint_manager(workdir)
-  step = latest_step(manager, step)
+  step = intact_step(manager, step)
   out = restore_items(manager, step, {'params': None, 'params_ema': None})
   manager.close()
   return ImportedState(out['params'], out['params_ema'], step), dict(out['meta'])
@@ -180,13 +211,16 @@ def restore_params(workdir: str | os.PathLike, target: Any, item: str = 'params_
     workdir: a directory with ``checkpoints/``.
     target: the item's abstract pytree (``jax.ShapeDtypeStruct`` leaves, with shardings).
     item: 'params_ema' or 'params'.
-    step: the checkpoint; default the latest.
+    step: the checkpoint; default the newest intact one.
 
   Returns:
     ``(params, step)``.
+
+  Raises:
+    CheckpointError: if ``step`` is damaged, or (``step`` None) every checkpoint is.
   """
   manager = checkpoint_manager(workdir)
-  step = latest_step(manager, step)
+  step = intact_step(manager, step)
   out = restore_items(manager, step, {item: target})
   manager.close()
   return out[item], step

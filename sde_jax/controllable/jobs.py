@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_jax import checkpoints, viz
+from sde_jax import checkpoints, config_check, viz
 from sde_jax import data as data_lib
 from sde_jax import images as images_lib
 from sde_jax import workdir as workdir_lib
@@ -211,6 +211,7 @@ def inpaint_job(config, workdir: str, *, num_images: int = 8, folder: str | None
   Returns:
     The path of the PNG.
   """
+  config_check.check(config, 'inpaint', folder=folder)  # every field, before the workdir
   c = config.get('controllable', {})
   method = (method or c.get('method', 'replacement')).lower()
   kind = mask or c.get('mask', 'right_half')
@@ -241,6 +242,7 @@ def colorize_job(config, workdir: str, *, num_images: int = 8, folder: str | Non
   Returns:
     The path of the PNG.
   """
+  config_check.check(config, 'colorize', folder=folder)  # every field, before the workdir
   method = (method or config.get('controllable', {}).get('method', 'replacement')).lower()
   images = load_images(config, num_images, folder)
   result = colorize_images(config, workdir, images, method=method)
@@ -269,6 +271,7 @@ def class_job(config, workdir: str, label: int, *, num_samples: int = 16,
   Returns:
     The path of the PNG.
   """
+  config_check.check(config, 'class')  # every field, before the workdir is touched
   samples = sample_class(config, workdir, np.full(num_samples, label),
                          guidance_scale=guidance_scale)
   path = _output(workdir, f'class-{label}.png')

@@ -26,6 +26,7 @@ from absl import logging
 from sde_jax import parallel, rng, train, workdir as workdir_lib
 from sde_jax import data as data_lib
 from sde_jax import sde as sde_lib
+from sde_jax import config_check
 from sde_jax.controllable.classifier_checkpoint import SUBDIR
 from sde_jax.models import classifier as classifier_lib
 from sde_jax.score_model import ScoreModel
@@ -101,8 +102,13 @@ def evaluate_accuracy(config, accuracy, params, per_process: int, mesh,
   return {f't={t:g}': float(a) for t, a in zip(EVAL_TIMES, correct / np.maximum(count, 1))}
 
 
-def train_classifier(config, workdir: str) -> train.TrainState:
+def train_classifier(config, workdir: str,
+                     allow_config_change: tuple[str, ...] = ()) -> train.TrainState:
   """Trains ``config.classifier`` on noisy data of the config's SDE; resumes if it can.
+
+  A resume is guarded as ``sde-jax train``'s is (:func:`sde_jax.train.fit`): a changed field
+  outside the schedule (``classifier.training.n_iters``, cadences, ...) and
+  ``allow_config_change`` is refused.
 
   Reads ``config.classifier`` (the network, ``ema_rate``, ``training``: batch_size, n_iters,
   n_jitted_steps, log_freq, eval_freq, snapshot_freq, snapshot_freq_for_preemption, keep_last,
@@ -114,8 +120,10 @@ def train_classifier(config, workdir: str) -> train.TrainState:
   """
   c = config.classifier
   mesh = parallel.mesh_from_config(config)
-  per_process = parallel.check_batch_size(c.training.batch_size, mesh)
-  last = train.final_step(c.training)
+  config_check.check(config, 'train-classifier', mesh)  # every field, before the workdir
+  per_process = parallel.check_batch_size(c.training.batch_size, mesh,
+                                          'classifier.training.batch_size')
+  last = train.final_step(c.training, 'classifier.training')
   job = ScoreModel.from_config(config, model=classifier_lib.get_classifier(config))
   directory = os.path.join(workdir, SUBDIR)
   accuracy = make_accuracy_fn(job.sde, job.model, job.scaler, float(c.training.eps))
@@ -136,4 +144,4 @@ def train_classifier(config, workdir: str) -> train.TrainState:
       evaluate=evaluate,
       meta={'sde': config.training.sde, 'config': json.loads(config.to_json_best_effort())})
   logging.info('Training the classifier on noisy data of the %s.', config.training.sde)
-  return train.fit(config, trainer, directory, mesh)
+  return train.fit(config, trainer, directory, mesh, allow_config_change=allow_config_change)

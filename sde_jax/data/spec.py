@@ -64,7 +64,8 @@ def make_spec(config, split, batch_size, seed, start_step, process_index, proces
   """
   data = config.data
   if data.dataset not in KNOWN_DATASETS:
-    raise ValueError(f'Unknown data set {data.dataset!r}; known: {", ".join(KNOWN_DATASETS)}.')
+    raise ValueError(f'data.dataset={data.dataset!r} is not a known data set; expected one of '
+                     f'{", ".join(KNOWN_DATASETS)}.')
   if split not in ('train', 'eval'):
     raise ValueError(f"split must be 'train' or 'eval', got {split!r}.")
   if batch_size <= 0 or start_step < 0:

@@ -16,6 +16,7 @@ from etils import epath
 
 from sde_jax import checkpoints
 from sde_jax import workdir as workdir_lib
+from sde_jax.checkpoints import integrity
 
 # Seconds between two looks for a checkpoint that does not exist yet (the original's 60).
 WAIT_SECONDS = 60
@@ -49,7 +50,10 @@ class CheckpointIndex:
   """Read-only view of ``workdir/checkpoints``: which stored step is checkpoint ``N``.
 
   The manager neither saves nor deletes anything (in particular it leaves the temporary
-  directories of a training job's save in progress alone).
+  directories of a training job's save in progress alone). Each step is checked against its
+  manifest once (:func:`sde_jax.checkpoints.integrity.verify`, on every process, which needs no
+  collective): a damaged step is left out, with a warning, and :meth:`wait_for` raises its
+  error rather than wait for its number.
   """
 
   def __init__(self, workdir: str, snapshot_freq: int):
@@ -57,6 +61,7 @@ class CheckpointIndex:
     self.snapshot_freq = snapshot_freq
     self.manager = None
     self.meta: dict[int, dict] = {}
+    self.damaged: dict[int, checkpoints.DamagedCheckpointError] = {}
 
   def _manager(self):
     if self.manager is None and self.directory.is_dir():
@@ -83,17 +88,40 @@ class CheckpointIndex:
     manager.reload()
     out: dict[int, tuple[int, str]] = {}
     for step in sorted(manager.all_steps(), reverse=True):
+      if not self._intact(step):
+        continue
       meta = self._meta(step)
       out[checkpoint_number(step, meta, self.snapshot_freq)] = (step, str(meta.get('source')))
     return out
 
+  def _intact(self, step: int) -> bool:
+    if step in self.meta:
+      return True
+    if step not in self.damaged:
+      try:
+        integrity.verify(self.manager.directory / str(step))
+        return True
+      except checkpoints.DamagedCheckpointError as e:
+        if jax.process_index() == 0:
+          logging.warning('%s Leaving it out of the evaluation.', e)
+        self.damaged[step] = e
+    return False
+
   def wait_for(self, ckpt: int) -> tuple[int, str]:
-    """``(step, source)`` of checkpoint ``ckpt``, waiting until it exists."""
+    """``(step, source)`` of checkpoint ``ckpt``, waiting until it exists.
+
+    Raises:
+      DamagedCheckpointError: if ``ckpt`` is found on disk but damaged (its number taken as
+        ``step // snapshot_freq``, since its metadata may be unreadable).
+    """
     warned = False
     while True:
       found = self.numbers()
       if ckpt in found:
         return found[ckpt]
+      for step, error in sorted(self.damaged.items()):
+        if step // self.snapshot_freq == ckpt:
+          raise error
       if not warned and jax.process_index() == 0:
         logging.warning(
             'Waiting for checkpoint %d (a step in [%d, %d) of %s, or one imported from '

@@ -10,7 +10,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from sde_jax import images, parallel
+from sde_jax import config_check, images, parallel
 from sde_jax import workdir as workdir_lib
 from sde_jax import data as data_lib
 from sde_jax.evaluate.inception_net import load_inception
@@ -42,6 +42,7 @@ def dataset_stats(config, workdir: str) -> str:
   Raises:
     FileExistsError: if either file exists (statistics are never overwritten).
   """
+  config_check.check(config, 'fid-stats')  # every field, before the workdir is touched
   settings = EvalSettings.from_config(config)
   path, mean_cov_path = stats_paths(config, workdir)
   for p in (path, mean_cov_path):

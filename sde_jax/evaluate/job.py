@@ -7,7 +7,7 @@ import os
 import jax
 from absl import logging
 
-from sde_jax import checkpoints, parallel, rng
+from sde_jax import checkpoints, config_check, parallel, rng
 from sde_jax import workdir as workdir_lib
 from sde_jax.evaluate.bpd import eval_bpd
 from sde_jax.evaluate.checkpoint_index import Checkpoint, CheckpointIndex, check_same_checkpoint
@@ -31,8 +31,9 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval',
 
   Per checkpoint, as enabled: the eval loss, bits/dim, and samples with FID / IS / KID; each
   in rounds whose results are files, so that a killed job resumes at the first unfinished
-  round. Waits for checkpoints that do not exist yet. See :mod:`sde_jax.evaluate` for the
-  files.
+  round. Waits for checkpoints that do not exist yet; skips, with a warning naming the step
+  and file, a checkpoint that is damaged (:mod:`sde_jax.checkpoints.integrity`). See
+  :mod:`sde_jax.evaluate` for the files.
 
   Args:
     config: the model's config with the ``eval`` fields.
@@ -46,8 +47,10 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval',
 
   Raises:
     FileNotFoundError: for missing Inception weights or data statistics, at start-up.
-    ValueError: for bad settings, or an eval folder written with other settings.
+    ValueError: for bad settings (:func:`sde_jax.config_check.check`, all of them named, before
+      anything is written or compiled), or an eval folder written with other settings.
   """
+  config_check.check(config, 'eval')  # every field, before the workdir is touched
   settings = EvalSettings.from_config(config)
   mesh = parallel.mesh_from_config(config)
   batch = round_size(settings, mesh)
@@ -71,7 +74,11 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval',
   report = {**header, 'checkpoints': []}
   try:
     for number in range(settings.begin_ckpt, settings.end_ckpt + 1):
-      step, source = index.wait_for(number)
+      try:
+        step, source = index.wait_for(number)
+      except checkpoints.DamagedCheckpointError as e:
+        logging.warning('Skipping checkpoint %d: %s', number, e)  # no row in the report
+        continue
       ckpt = Checkpoint(number, step, source, os.path.join(eval_dir, f'ckpt_{number}'),
                         _ema_restorer(workdir, abstract, mesh, step))
       check_same_checkpoint(ckpt)

@@ -41,11 +41,11 @@ class EvalSettings:
   stats_path: str | None
 
   @classmethod
-  def from_config(cls, config) -> 'EvalSettings':
-    """Reads and checks the fields.
+  def from_config(cls, config, check: bool = True) -> 'EvalSettings':
+    """Reads and (with ``check``) checks the fields.
 
     Raises:
-      ValueError: naming the field, its value and what it must be.
+      ValueError: naming each bad field, its value and what it must be.
     """
     ec = config.eval
     split = str(ec.get('bpd_dataset', 'test')).lower()
@@ -65,10 +65,18 @@ class EvalSettings:
         inception_width=float(ec.get('inception_width', 1.0)),
         inception_image_size=int(ec.get('inception_image_size', inception.IMAGE_SIZE)),
         stats_path=ec.get('stats_path'))
-    settings.check()
+    if check:
+      settings.check()
     return settings
 
   def check(self) -> None:
+    """Raises a ValueError naming every bad field, its value and what it must be."""
+    bad = self.problems()
+    if bad:
+      raise ValueError(' '.join(bad))
+
+  def problems(self) -> list[str]:
+    """Each bad field, its value and what it must be, one line each."""
     checks = [
         (0 <= self.begin_ckpt <= self.end_ckpt, 'eval.begin_ckpt and eval.end_ckpt',
          f'{self.begin_ckpt}, {self.end_ckpt}', 'integers with 0 <= begin_ckpt <= end_ckpt'),
@@ -82,9 +90,8 @@ class EvalSettings:
         (self.bpd_solver in odeint.SOLVERS, 'eval.bpd_solver', repr(self.bpd_solver),
          f'one of {sorted(odeint.SOLVERS)}'),
     ]
-    for ok, name, value, expected in checks:
-      if not ok:
-        raise ValueError(f'{name}={value}; expected {expected}.')
+    return [f'{name}={value}; expected {expected}.' for ok, name, value, expected in checks
+            if not ok]
 
 
 def round_size(settings: EvalSettings, mesh) -> int:

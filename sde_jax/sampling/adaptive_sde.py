@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_jax import rng
+from sde_jax import nonfinite, rng
 from sde_jax.sampling import schedules
 from sde_jax.sampling.compile import compile_sampler
 from sde_jax.sampling.pc import check_shape, prior_sample
@@ -50,6 +50,7 @@ class _State(NamedTuple):
   t: Array  # (B,)
   h: Array  # (B,)
   attempts: Array  # int32 scalar: loop iterations (each evaluates the score twice)
+  bad: Array  # (B,): the last attempt's error estimate was NaN or infinite
 
 
 def _rms(x: Array) -> Array:
@@ -75,7 +76,8 @@ def attempt_step(rsde, state: _State, z: Array, *, rtol: float, atol: float, saf
 
   Returns:
     The next state: accepted examples advance to ``t - h`` with the Heun value, rejected ones
-    stay; every example gets its next ``h``; ``attempts`` grows by one.
+    stay; every example gets its next ``h``; ``attempts`` grows by one; ``bad`` marks the
+    examples whose error estimate is not finite (a NaN or infinity in the state or a stage).
   """
   x, t, h = state.x, state.t, state.h
   drift, diffusion = rsde.sde(x, t)
@@ -92,7 +94,17 @@ def attempt_step(rsde, state: _State, z: Array, *, rtol: float, atol: float, saf
   mask = accept.reshape(accept.shape + (1,) * (x.ndim - 1))
   keep = lambda new, old: jnp.where(mask, new, old)
   return _State(x=keep(x + 0.5 * (k1 + k2), x), x_prev=keep(x_euler, state.x_prev), t=t_new,
-                h=jnp.minimum(t_new - eps, safety * h * factor), attempts=state.attempts + 1)
+                h=jnp.minimum(t_new - eps, safety * h * factor), attempts=state.attempts + 1,
+                bad=~jnp.isfinite(err))
+
+
+def option_problems(rtol: float, atol: float, h_init: float, safety: float, exponent: float,
+                    max_steps: int = 100_000) -> list[str]:
+  """What is wrong with these options of :func:`get_adaptive_sde_sampler`, one line each
+  (checked without building anything: ``sde_jax.config_check`` calls this too)."""
+  values = dict(rtol=rtol, atol=atol, h_init=h_init, safety=safety, exponent=exponent,
+                max_steps=max_steps)
+  return [f'{name}={value} must be positive.' for name, value in values.items() if value <= 0]
 
 
 def get_adaptive_sde_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 0.05,
@@ -110,7 +122,9 @@ def get_adaptive_sde_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 0.0
     h_init: the first step of every example.
     safety, exponent: the step-size rule ``h <- safety h E^(-exponent)``.
     max_steps: a bound on the loop iterations; exceeding it is an error (raised through
-      ``nfe``; the samples are then NaN).
+      ``nfe``; the samples are then NaN). A non-finite error estimate in any example (a NaN or
+      infinity in its state or a stage) ends the loop at once: the samples are NaN and the call
+      raises a FloatingPointError naming the example(s) and their time (:mod:`sde_jax.nonfinite`).
     denoise: finish with Tweedie's ``D(x(eps), eps) = E[x_0 | x_eps]`` (one evaluation).
     eps: the end time.
 
@@ -126,9 +140,10 @@ def get_adaptive_sde_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 0.0
     ValueError: for non-positive tolerances or steps, or a bad shape.
   """
   shape = check_shape(shape)
-  if min(rtol, atol, h_init, safety, exponent) <= 0 or max_steps < 1:
-    raise ValueError(f'rtol={rtol}, atol={atol}, h_init={h_init}, safety={safety}, '
-                     f'exponent={exponent} and max_steps={max_steps} must be positive.')
+  problems = option_problems(rtol=rtol, atol=atol, h_init=h_init, safety=safety,
+                             exponent=exponent, max_steps=max_steps)
+  if problems:
+    raise ValueError(' '.join(problems))
   controller = dict(rtol=rtol, atol=atol, safety=safety, exponent=exponent, eps=eps)
   dim = int(np.prod(shape[1:]))
   if dim < MIN_DIM:
@@ -150,21 +165,26 @@ def get_adaptive_sde_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 0.0
       return attempt_step(rsde, state, z, **controller)
 
     def running(state):
-      return jnp.any(state.t > eps) & (state.attempts < max_steps)
+      # A non-finite error estimate rejects the step and retries it forever: stop at once.
+      return jnp.any(state.t > eps) & (state.attempts < max_steps) & ~jnp.any(state.bad)
 
     t0 = jnp.full(shape[:1], sde.T, x.dtype)
     h0 = jnp.minimum(jnp.full_like(t0, h_init), sde.T - eps)
-    final = jax.lax.while_loop(running, body, _State(x, x, t0, h0, jnp.zeros((), jnp.int32)))
+    no = jnp.zeros(shape[:1], bool)
+    final = jax.lax.while_loop(running, body,
+                               _State(x, x, t0, h0, jnp.zeros((), jnp.int32), no))
+    stopped = jnp.any(final.bad)
     failed = jnp.any(final.t > eps)
-    # The check rides on the scalar nfe: on x it would gather a sharded batch onto one device.
+    # The checks ride on the scalar nfe: on x they would gather a sharded batch onto one device.
     # Unfinished samples become NaN, so that a caller who drops nfe cannot miss them either.
     x = jnp.where(failed, jnp.nan, final.x)
-    nfe = eqx.error_if(2 * final.attempts, failed,
+    nfe = eqx.error_if(2 * final.attempts, failed & ~stopped,
                        f'adaptive_sde: max_steps={max_steps} attempts did not reach eps; raise '
                        'max_steps or the tolerances.')
+    report = nonfinite.report(final.bad, final.t)
     if denoise:
       x = schedules.data_prediction(sde, score, x, jnp.full(shape[:1], eps, x.dtype))
       nfe = nfe + 1
-    return x, nfe
+    return x, nfe, report
 
-  return compile_sampler(sample, shape)
+  return compile_sampler(sample, shape, name='adaptive_sde')

@@ -52,11 +52,14 @@ def _langevin_chain(step_size: StepSize, n_steps: int) -> Update:
 
 
 def _check(name: str, snr: float, n_steps: int) -> None:
+  problems = []
   if n_steps < 1:
-    raise ValueError(f"corrector={name!r} needs n_steps >= 1, got {n_steps}; use corrector='none' "
-                     'for no correction.')
+    problems.append(f"corrector={name!r} needs n_steps >= 1, got {n_steps}; use "
+                    "corrector='none' for no correction.")
   if snr <= 0:
-    raise ValueError(f'corrector={name!r} needs snr > 0, got {snr}.')
+    problems.append(f'corrector={name!r} needs snr > 0, got {snr}.')
+  if problems:
+    raise ValueError(' '.join(problems))
 
 
 def langevin(sde: SDE, snr: float, n_steps: int) -> Corrector:

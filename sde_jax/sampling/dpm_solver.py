@@ -102,6 +102,20 @@ def multistep_update(x, d0, d1, d2, lam, m_next, s_ratio, order):
   return s_ratio * x + m_next * (phi1 * d0 + phi2 * first + phi3 * second)
 
 
+def option_problems(nfe: int, order: int, schedule: str, denoise: bool) -> list[str]:
+  """What is wrong with these options of :func:`get_dpm_solver_sampler`, one line each
+  (checked without building anything: ``sde_jax.config_check`` calls this too)."""
+  problems = []
+  if order not in (1, 2, 3):
+    problems.append(f"method='dpm_solver++' needs order 1, 2 or 3, got {order!r}.")
+  if schedule not in schedules.TIME_SCHEDULES:
+    problems.append(f'schedule={schedule!r} is not known; expected one of '
+                    f'{schedules.TIME_SCHEDULES}.')
+  if nfe - int(denoise) < 1:
+    problems.append(f'nfe={nfe} leaves no step (denoise={denoise} takes one evaluation).')
+  return problems
+
+
 def get_dpm_solver_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 20, order: int = 2,
                            schedule: str = 'logsnr', lower_order_final: bool = True,
                            denoise: bool = False, eps: float = 1e-3):
@@ -131,14 +145,10 @@ def get_dpm_solver_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 20, orde
       or a bad shape.
   """
   shape = check_shape(shape)
-  if order not in (1, 2, 3):
-    raise ValueError(f"method='dpm_solver++' needs order 1, 2 or 3, got {order!r}.")
-  if schedule not in schedules.TIME_SCHEDULES:
-    raise ValueError(f'schedule={schedule!r} is not known; expected one of '
-                     f'{schedules.TIME_SCHEDULES}.')
+  problems = option_problems(nfe=nfe, order=order, schedule=schedule, denoise=denoise)
+  if problems:
+    raise ValueError(' '.join(problems))
   steps = nfe - int(denoise)
-  if steps < 1:
-    raise ValueError(f'nfe={nfe} leaves no step (denoise={denoise} takes one evaluation).')
   orders = jnp.array(step_orders(steps, order, lower_order_final))
 
   def sample(key, score_fn, params, z, first_index):
@@ -163,4 +173,4 @@ def get_dpm_solver_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 20, orde
                                 jnp.arange(steps))
     return predict(x, ts[-1]) if denoise else x
 
-  return compile_sampler(sample, shape, nfe)
+  return compile_sampler(sample, shape, nfe, name='dpm_solver++')

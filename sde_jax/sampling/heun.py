@@ -53,6 +53,19 @@ def _denoiser(sde: SDE, score, batch: int):
   return denoise
 
 
+def option_problems(nfe: int, rho: float, churn: float, denoise: bool) -> list[str]:
+  """What is wrong with these options of :func:`get_heun_sampler`, one line each (checked
+  without building anything: ``sde_jax.config_check`` calls this too)."""
+  problems = []
+  if sum(heun_step_counts(nfe, denoise)) < 1:
+    problems.append(f'nfe={nfe} leaves no step (denoise={denoise} takes one evaluation).')
+  if rho <= 0:
+    problems.append(f'rho={rho} must be positive.')
+  if churn < 0:
+    problems.append(f'churn={churn} must be non-negative.')
+  return problems
+
+
 def get_heun_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 35, rho: float = 7.0,
                      churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = float('inf'),
                      s_noise: float = 1.0, denoise: bool = True, eps: float = 1e-3):
@@ -82,12 +95,11 @@ def get_heun_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 35, rho: float
     ValueError: for a budget with no step, ``rho <= 0``, ``churn < 0``, or a bad shape.
   """
   shape = check_shape(shape)
+  problems = option_problems(nfe=nfe, rho=rho, churn=churn, denoise=denoise)
+  if problems:
+    raise ValueError(' '.join(problems))
   n_euler, n_heun = heun_step_counts(nfe, denoise)
   n = n_euler + n_heun
-  if n < 1:
-    raise ValueError(f'nfe={nfe} leaves no step (denoise={denoise} takes one evaluation).')
-  if rho <= 0 or churn < 0:
-    raise ValueError(f'rho={rho} must be positive and churn={churn} non-negative.')
   gamma_max = min(churn / n, 2**0.5 - 1)
 
   def sample(key, score_fn, params, z, first_index):
@@ -131,4 +143,4 @@ def get_heun_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 35, rho: float
     return d_fn(y, ts[-1]) if denoise else batch_mul(
         schedules.scale_std(sde, jnp.full(shape[:1], eps))[0], y)
 
-  return compile_sampler(sample, shape, nfe)
+  return compile_sampler(sample, shape, nfe, name='heun')

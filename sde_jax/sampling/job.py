@@ -7,7 +7,8 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from sde_jax import checkpoints, images, parallel, sampling, viz, workdir as workdir_lib
+from sde_jax import checkpoints, config_check, images, parallel, sampling, viz
+from sde_jax import workdir as workdir_lib
 from sde_jax.sampling import sharded
 from sde_jax.score_model import ScoreModel
 
@@ -30,11 +31,13 @@ def sample(config, workdir: str, num_samples: int) -> str:
     The path of ``samples.npz``.
 
   Raises:
-    ValueError: if ``num_samples < 1``.
+    ValueError: if ``num_samples < 1``, or for bad config values
+      (:func:`sde_jax.config_check.check`, all of them named).
   """
   if num_samples < 1:
     raise ValueError(f'num_samples={num_samples} must be positive.')
   mesh = parallel.mesh_from_config(config)
+  config_check.check(config, 'sample', mesh)  # every field, before the workdir is touched
   score_model = ScoreModel.from_config(config)
   params, step = checkpoints.restore_ema(workdir, score_model.abstract_params(), mesh)
   batch = sharded.sample_batch_size(config, num_samples, mesh)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sde_jax import parallel
+from sde_jax import nonfinite, parallel
 from sde_jax.sampling import get_sampler_from_config
+from sde_jax.sampling.compile import Sampler
 
 
 def sharded_sampler(config, score_model, batch: int, mesh):
@@ -23,15 +24,30 @@ def sharded_sampler(config, score_model, batch: int, mesh):
     ``draw(key, params, first_index) -> (images in [0, 1], nfe)``: example i uses
     ``fold_in(key, first_index + i)``; ``nfe`` (replicated) is the sampler's score evaluations
     (keeping it keeps the adaptive solver's did-not-finish check, which rides on it, in the
-    program).
+    program). A non-finite state in the ODE or adaptive solver raises a FloatingPointError
+    naming the examples (indices within the call) and the time.
   """
   sampler = get_sampler_from_config(config, score_model.sde, (batch, *score_model.image_shape))
+  # The adaptive samplers' non-finite report leaves the program and is raised here, on every
+  # process alike (a raise inside a sharded program would leave the other devices waiting).
+  reporting = sampler.reporting if isinstance(sampler, Sampler) else (  # PC: fixed steps
+      lambda key, score_fn, params, z, first: (*sampler(key, score_fn, params, first),
+                                               nonfinite.no_report()))
 
   def draw(key, params, first_index):
-    x, nfe = sampler(key, score_model.score_fn, params, first_index=first_index)
-    return score_model.inverse_scaler(x), jnp.asarray(nfe)
+    x, nfe, report = reporting(key, score_model.score_fn, params, None, first_index)
+    return score_model.inverse_scaler(x), jnp.asarray(nfe), report
 
-  return jax.jit(draw, out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)))
+  replicated = parallel.replicated(mesh)
+  compiled = jax.jit(draw, out_shardings=(parallel.batch_sharding(mesh), replicated, replicated))
+  name = config.sampling.method.lower()
+
+  def checked(key, params, first_index):
+    images, nfe, report = compiled(key, params, first_index)
+    nonfinite.raise_if_any(report, name, batch)
+    return images, nfe
+
+  return checked
 
 
 def sample_batch_size(config, num_samples: int, mesh) -> int:

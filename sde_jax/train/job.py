@@ -10,7 +10,7 @@ import numpy as np
 from absl import logging
 
 from sde_jax import images as images_lib
-from sde_jax import parallel, viz, workdir as workdir_lib
+from sde_jax import config_check, parallel, viz, workdir as workdir_lib
 from sde_jax import data as data_lib
 from sde_jax.sampling import sharded
 from sde_jax.score_model import ScoreModel
@@ -78,8 +78,13 @@ def judge_samples(config, images: np.ndarray, workdir: str, step: int) -> str | 
   return row
 
 
-def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
-  """Trains the config's score model, resuming from ``workdir``'s latest checkpoint if any.
+def train_and_evaluate(config, workdir: str,
+                       allow_config_change: tuple[str, ...] = ()) -> state_lib.TrainState:
+  """Trains the config's score model, resuming from ``workdir``'s newest intact checkpoint.
+
+  A resume whose config differs from the saved one in a field that is not schedule-only
+  (:data:`sde_jax.train.config_guard.SCHEDULE_ONLY`) is refused, naming each field with its
+  saved and new value, unless ``allow_config_change`` names it (or is ``('all',)``).
 
   Writes ``workdir/checkpoints/<step>/``, TensorBoard events under ``workdir/tensorboard/`` (see
   :func:`sde_jax.train.loop.fit`) and, with ``training.snapshot_sampling``, a grid of samples of
@@ -89,9 +94,14 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
 
   Returns:
     The state at the last step trained (after a preemption: the step saved).
+
+  Raises:
+    ValueError: for bad config values (:func:`sde_jax.config_check.check`, all of them named),
+      before anything is written or compiled.
   """
   tc = config.training
   mesh = parallel.mesh_from_config(config)
+  config_check.check(config, 'train', mesh)  # every field, before the workdir is touched
   per_process = parallel.check_batch_size(tc.batch_size, mesh)
   loop.final_step(tc)
   score_model = ScoreModel.from_config(config)
@@ -126,4 +136,4 @@ def train_and_evaluate(config, workdir: str) -> state_lib.TrainState:
       training=tc, optim=config.optim, ema_rate=config.model.ema_rate, evaluate=evaluate,
       after_keep=sample_grid if draw is not None else None,
       meta={'config': json.loads(config.to_json_best_effort())})
-  return loop.fit(config, trainer, workdir, mesh)
+  return loop.fit(config, trainer, workdir, mesh, allow_config_change=allow_config_change)

@@ -4,27 +4,29 @@ A :class:`Trainer` says what is trained (network, loss, config sections, what to
 :func:`fit` runs it: set-up and checks, restore-or-init, the compiled step, then per compiled
 call of ``n_jitted_steps`` optimizer steps: metrics, evaluation, checkpoints, preemption.
 
-Faults: a job resumes from its last checkpoint with the same data order and random stream (the
-data iterator starts at the restored step, step ``s`` draws from ``fold_in(key, s)``); SIGTERM or
-a TPU preemption notice saves the current step before a clean exit; a non-finite loss, gradient
-or parameter stops training with an error naming the step, and is never written to a checkpoint.
+Faults: a job resumes from its newest intact checkpoint with the same data order and random
+stream (the data iterator starts at the restored step, step ``s`` draws from
+``fold_in(key, s)``), and only with the config it was trained with, schedule aside
+(:mod:`sde_jax.train.config_guard`); SIGTERM or a TPU preemption notice saves the current step
+before a clean exit; a non-finite loss, gradient or parameter stops training with an error
+naming the step, and is never written to a checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from absl import logging
 
-from sde_jax import checkpoints, parallel
+from sde_jax import checkpoints, config_check, parallel
 from sde_jax.data import global_batches
 from sde_jax.train import resume
 from sde_jax.train import state as state_lib
 from sde_jax.train.metric_log import MetricLog
 from sde_jax.train.preemption import Preemption
 
-PERIODS = ('log_freq', 'eval_freq', 'snapshot_freq', 'snapshot_freq_for_preemption')
+PERIODS = config_check.PERIODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,8 @@ class Trainer:
       the last; logged as ``eval/<name>``.
     after_keep: ``(state, step)``, run after each checkpoint kept for good (every
       ``training.snapshot_freq`` steps) and the last one: the snapshot sample grids.
-    meta: more metadata for the checkpoints.
+    meta: more metadata for the checkpoints; its ``'config'`` (the job's config as JSON) is
+      what a resume is checked against (:mod:`sde_jax.train.config_guard`).
   """
 
   name: str
@@ -63,42 +66,54 @@ class Trainer:
   meta: dict = dataclasses.field(default_factory=dict)
 
 
-def final_step(training) -> int:
+def final_step(training, prefix: str = 'training') -> int:
   """The last step: ``training.n_iters`` rounded down to a multiple of ``n_jitted_steps``.
 
+  Args:
+    training: a schedule section (``config.training``, ``config.classifier.training``).
+    prefix: its place in the config, for the message.
+
   Raises:
-    ValueError: if a logging / evaluation / checkpoint period is not a multiple of
-      ``n_jitted_steps`` (the loop only sees every ``n_jitted_steps``-th step).
+    ValueError: if a logging / evaluation / checkpoint period is not a positive multiple of
+      ``n_jitted_steps`` (the loop only sees every ``n_jitted_steps``-th step), and the rest of
+      :func:`sde_jax.config_check.schedule_problems`, all of them named.
   """
+  problems = config_check.schedule_problems(training, prefix)
+  if problems:
+    raise ValueError(' '.join(problems))
   n = int(training.n_jitted_steps)
-  for name in PERIODS:
-    if n < 1 or training[name] % n:
-      raise ValueError(f'training.{name}={training[name]} must be a multiple of '
-                       f'training.n_jitted_steps={n}.')
-  if training.n_iters < n:
-    raise ValueError(f'training.n_iters={training.n_iters} is less than '
-                     f'training.n_jitted_steps={n}.')
   return training.n_iters // n * n
 
 
-def fit(config, trainer: Trainer, directory: str, mesh) -> state_lib.TrainState:
-  """Trains ``trainer`` into ``directory``, resuming from its latest checkpoint if there is one.
+def fit(config, trainer: Trainer, directory: str, mesh,
+        allow_config_change: Iterable[str] = ()) -> state_lib.TrainState:
+  """Trains ``trainer`` into ``directory``, resuming from its newest intact checkpoint if any.
+
+  A resume compares ``trainer.meta['config']`` with the config saved in that checkpoint: a
+  changed field that is not schedule-only (:data:`sde_jax.train.config_guard.SCHEDULE_ONLY`)
+  and not in ``allow_config_change`` stops the job before anything is compiled or written.
+  Damaged checkpoints newer than the one resumed are moved aside
+  (:func:`sde_jax.train.resume.move_aside`).
 
   Writes ``directory/checkpoints/<step>/`` (every ``snapshot_freq_for_preemption`` steps, the
   last ``keep_last`` kept, plus every ``snapshot_freq``-th kept for good) and TensorBoard events
   under ``directory/tensorboard/``.
 
   Args:
-    config: the job's config (``seed`` and ``data`` are read here).
+    config: the job's config (``seed``, ``data`` and ``parallel.fsdp_min_size`` are read here).
     trainer: what to train.
     directory: where its checkpoints and events go.
     mesh: the device mesh (``parallel.make_mesh``).
+    allow_config_change: guarded config fields (or sections, or ``'all'``) that may differ
+      from the checkpoint's (``sde-jax train --allow_config_change``); each change is logged.
 
   Returns:
     The state at the last step trained (after a preemption: the step saved).
 
   Raises:
     ValueError: for a batch size the devices do not divide, or bad periods, at start-up.
+    ConfigChangeError: a resume with a changed model / objective / SDE / data / optimizer field.
+    CheckpointError: if every checkpoint in ``directory`` is damaged.
     FloatingPointError: at the first non-finite loss, gradient norm or parameter (naming the
       step); the checkpoints written before it stay as they are.
   """
@@ -113,7 +128,12 @@ def fit(config, trainer: Trainer, directory: str, mesh) -> state_lib.TrainState:
                                            keep_every=tc.snapshot_freq,
                                            item_names=checkpoints.TRAIN_ITEMS, writer=True)
   init = state_lib.state_initializer(trainer.model, optimizer, trainer.example_shape)
-  state, shardings, step = resume.restore_or_init(manager, init, mesh, config.seed)
+  state, shardings, step = resume.restore_or_init(
+      manager, init, mesh, config.seed, config.parallel.fsdp_min_size,
+      config=trainer.meta.get('config'), allow_config_change=allow_config_change)
+  if mesh.shape['fsdp'] > 1:
+    logging.info('FSDP parameters: %s', parallel.fsdp_summary(state.params,
+                                                              config.parallel.fsdp_min_size))
   meta = {'source': trainer.source, 'model': trainer.name,
           'num_params': checkpoints.num_params(state.params), **trainer.meta}
 
@@ -131,7 +151,7 @@ def fit(config, trainer: Trainer, directory: str, mesh) -> state_lib.TrainState:
 
   # --- The loop: one compiled call is n_jitted_steps optimizer steps.
   try:
-    with Preemption() as preemption:
+    with Preemption(manager) as preemption:
       while step < last:
         state, metrics = train_step(state, next(batches))
         step += tc.n_jitted_steps
@@ -145,7 +165,7 @@ def fit(config, trainer: Trainer, directory: str, mesh) -> state_lib.TrainState:
 
         # Checkpoints: on the preemption cadence, the keep cadence, the end, or a preemption;
         # pending metrics are checked first, so a non-finite step is never saved.
-        preempted = preemption.reached(step)
+        preempted = preemption.reached()
         keep = step % tc.snapshot_freq == 0 or step == last
         if preempted or keep or step % tc.snapshot_freq_for_preemption == 0:
           log.fetch_and_check()

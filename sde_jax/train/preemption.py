@@ -11,16 +11,31 @@ from jax.experimental import multihost_utils
 
 
 class Preemption:
-  """Context manager that turns SIGTERM into a request to save and stop.
+  """Context manager that turns SIGTERM (or a preemption notice) into a request to save and stop.
 
-  In a multi-process job, JAX's preemption service receives SIGTERM on any host and agrees a
-  step at which all hosts stop (``reached_preemption_sync_point``); a Python handler would
-  replace its own, so one is installed only in single-process jobs.
+  One process: a Python SIGTERM handler sets a flag.
+
+  Several processes: JAX's preemption sync manager (started by ``jax.distributed.initialize``)
+  receives SIGTERM on any host and tells every host through the coordination service. Each
+  host then takes ``max + 1`` as the sync point, where ``max`` is the largest value any host had
+  passed to ``reached_preemption_sync_point``, and that function returns True only for a value
+  *equal* to the sync point. So :meth:`reached` passes a counter of its own calls, which grows by
+  exactly one per compiled call on every host from the same start, never the optimizer step: that
+  grows by ``n_jitted_steps`` and would jump over the sync point (no save at all). A Python
+  SIGTERM handler would replace the sync manager's, so none is installed then.
+
+  Args:
+    manager: the job's orbax CheckpointManager, if any. Its ``save`` asks the same sync manager
+      about the checkpoint's step (and again from its finalize thread), which would move the
+      counter the hosts agree on; this object answers for it instead.
   """
 
-  def __init__(self):
+  def __init__(self, manager=None):
     self.requested = False
+    self.calls = 0
     self._previous = None
+    if manager is not None:
+      manager.reached_preemption = lambda step: False  # the loop saves on preemption itself
 
   def __enter__(self) -> 'Preemption':
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
@@ -36,11 +51,12 @@ class Preemption:
     logging.warning('SIGTERM received: saving the current step, then stopping.')
     self.requested = True
 
-  def reached(self, step: int) -> bool:
-    """Whether to save and stop after ``step``; call at every step the loop sees."""
+  def reached(self) -> bool:
+    """Whether to save and stop now; call once after every compiled call, on every host."""
+    self.calls += 1
     if self.requested:
       return True
     try:
-      return bool(multihost_utils.reached_preemption_sync_point(step))
+      return bool(multihost_utils.reached_preemption_sync_point(self.calls))
     except RuntimeError:  # the preemption service is disabled
       return False
