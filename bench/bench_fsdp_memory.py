@@ -47,8 +47,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench_models import load_config  # noqa: E402  (this folder is on sys.path as a script)
-from sde_jax import parallel, train  # noqa: E402
-from sde_jax.score_model import ScoreModel  # noqa: E402
+from bench_train import trainer_step  # noqa: E402
+from sde_jax import parallel  # noqa: E402
 
 
 def mib(n: float) -> str:
@@ -65,17 +65,7 @@ def measure(config, fsdp: int, batch: int) -> dict:
   """Compiles the train step at ``fsdp`` and returns its per-device memory figures (bytes)."""
   config.parallel.fsdp = fsdp
   config.training.batch_size, config.training.n_jitted_steps = batch, 1
-  mesh = parallel.make_mesh(fsdp)
-  parallel.check_batch_size(batch, mesh)
-  job = ScoreModel.from_config(config)
-  optimizer = train.make_optimizer(config.optim)
-  init = train.state_initializer(job.model, optimizer, job.image_shape)
-  abstract = jax.eval_shape(init, jax.random.key(config.seed))
-  shardings = parallel.param_shardings(mesh, abstract, config.parallel.fsdp_min_size)
-  step = train.compile_train_step(
-      train.make_train_step(job.loss_fn(config, train=True), optimizer,
-                            float(config.model.ema_rate), train.learning_rate_schedule(config.optim),
-                            unroll=mesh.devices.flat[0].platform == 'cpu'), shardings, mesh)
+  mesh, job, _, abstract, shardings, step = trainer_step(config)
   batches = jax.ShapeDtypeStruct((1, batch, *job.image_shape), np.float32,
                                  sharding=parallel.steps_sharding(mesh))
   start = time.perf_counter()

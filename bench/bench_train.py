@@ -38,23 +38,29 @@ def gib(n: float | None) -> str:
   return '-' if n is None else f'{n / 2**30:.2f}'
 
 
-def bench_config(relative: str, batch: int, n_jitted_steps: int, calls: int) -> dict:
-  config = load_config(relative)
-  config.training.batch_size = batch
-  config.training.n_jitted_steps = n_jitted_steps
+def trainer_step(config):
+  """The trainer's pieces for ``config`` over all devices (mesh of ``parallel.fsdp``): mesh, score
+  model, state initializer, abstract state, its shardings and the compiled (donating) step."""
   mesh = parallel.make_mesh(config.parallel.fsdp)
-  parallel.check_batch_size(batch, mesh)
+  parallel.check_batch_size(config.training.batch_size, mesh)
   job = ScoreModel.from_config(config)
   optimizer = train.make_optimizer(config.optim)
   init = train.state_initializer(job.model, optimizer, job.image_shape)
   abstract = jax.eval_shape(init, jax.random.key(config.seed))
   shardings = parallel.param_shardings(mesh, abstract, config.parallel.fsdp_min_size)
-  state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
-  cpu = mesh.devices.flat[0].platform == 'cpu'
   step = train.compile_train_step(
       train.make_train_step(job.loss_fn(config, train=True), optimizer,
                             float(config.model.ema_rate), train.learning_rate_schedule(config.optim),
-                            unroll=cpu), shardings, mesh)
+                            unroll=mesh.devices.flat[0].platform == 'cpu'), shardings, mesh)
+  return mesh, job, init, abstract, shardings, step
+
+
+def bench_config(relative: str, batch: int, n_jitted_steps: int, calls: int) -> dict:
+  config = load_config(relative)
+  config.training.batch_size = batch
+  config.training.n_jitted_steps = n_jitted_steps
+  mesh, job, init, abstract, shardings, step = trainer_step(config)
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(config.seed))
   images = np.random.default_rng(0).uniform(
       size=(n_jitted_steps, batch, *job.image_shape)).astype(np.float32)
   batches = jax.device_put(images, parallel.steps_sharding(mesh))

@@ -2,8 +2,13 @@
 
 import os
 
+# LLVM at -O0 for the CPU programs: the tests' programs are small and compile-bound, and this
+# compiles them in about a quarter less time (docs/benchmarks.md, the test suite), same float
+# semantics (XLA CPU fast-math stays off, its default).
 os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+    + ('' if 'xla_backend_optimization_level' in os.environ.get('XLA_FLAGS', '')
+       else ' --xla_backend_optimization_level=0')).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
@@ -35,9 +40,10 @@ def compilation_cache(tmp_path_factory):
 
 # The longest modules first (seconds measured on 2 cores: docs/benchmarks.md), so that the two
 # xdist workers (`--dist loadfile`) do not end with one of them running a long module alone.
-LONGEST_FIRST = ('test_train', 'test_reference', 'test_sampling', 'test_evaluate',
-                 'test_controllable', 'test_multihost', 'test_classifier', 'test_likelihood',
-                 'test_fast_samplers', 'test_models_ddpm_ncsnv2', 'test_toy')
+LONGEST_FIRST = ('test_train', 'test_multihost', 'test_controllable', 'test_reference',
+                 'test_sampling', 'test_evaluate', 'test_cli', 'test_gcs', 'test_toy',
+                 'test_likelihood', 'test_classifier', 'test_fast_samplers', 'test_checkpoints',
+                 'test_models_ddpm_ncsnv2')
 
 
 def pytest_collection_modifyitems(items):

@@ -1,6 +1,5 @@
 """FIR resampling against a direct NumPy computation of the same definitions."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
