@@ -2,13 +2,8 @@
 
 import os
 
-# LLVM at -O0 for the CPU programs: the tests' programs are small and compile-bound, and this
-# compiles them in about a quarter less time (docs/benchmarks.md, the test suite), same float
-# semantics (XLA CPU fast-math stays off, its default).
 os.environ['XLA_FLAGS'] = (
-    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
-    + ('' if 'xla_backend_optimization_level' in os.environ.get('XLA_FLAGS', '')
-       else ' --xla_backend_optimization_level=0')).strip()
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
