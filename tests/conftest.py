@@ -35,10 +35,9 @@ def compilation_cache(tmp_path_factory):
 
 # The longest modules first (seconds measured on 2 cores: docs/benchmarks.md), so that the two
 # xdist workers (`--dist loadfile`) do not end with one of them running a long module alone.
-LONGEST_FIRST = ('test_train', 'test_multihost', 'test_controllable', 'test_reference',
-                 'test_sampling', 'test_evaluate', 'test_cli', 'test_gcs', 'test_toy',
-                 'test_likelihood', 'test_classifier', 'test_fast_samplers', 'test_checkpoints',
-                 'test_models_ddpm_ncsnv2')
+LONGEST_FIRST = ('test_train', 'test_reference', 'test_sampling', 'test_evaluate',
+                 'test_controllable', 'test_multihost', 'test_classifier', 'test_likelihood',
+                 'test_fast_samplers', 'test_models_ddpm_ncsnv2', 'test_toy')
 
 
 def pytest_collection_modifyitems(items):
