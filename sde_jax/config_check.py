@@ -13,6 +13,10 @@ What is checked, by command (docs/training.md has the list for users):
   sigma_max``; ``0 <= beta_min <= beta_max``; ``num_scales >= 1``), ``model.name`` and its
   fields, ``data.dataset`` and its image size and channels, ``training.continuous`` against the
   SDE;
+* a folder of images (``data.dataset='folder'``), for the commands that read it (train, eval,
+  fid-stats, train-classifier): the folder and every file in it (images only, one channel count,
+  none smaller than ``data.image_size``, class folders with ``data.labels_from_folders``, the
+  eval split), and ``classifier.num_classes`` against its class folders;
 * the DDPM chain: with VP / sub-VP, ``beta_max / num_scales < 1`` wherever the job takes
   ``sqrt(1 - beta_i)`` (reverse diffusion, ancestral sampling, the Langevin correctors, the ODE
   sampler's denoising step, discrete VP training), naming who needs it;
@@ -52,6 +56,8 @@ _CHAIN_PREDICTORS = {'reverse_diffusion': (sde_lib.VPSDE,),
 _CHAIN_CORRECTORS = {name: (sde_lib.VPSDE, sde_lib.SubVPSDE)
                      for name in ('langevin', 'langevin_batch', 'ald')}
 _ERRORS = (ValueError, TypeError, KeyError, AttributeError)
+# The commands that read the data set's images (a folder of them is scanned before they start).
+_READS_DATA = ('train', 'eval', 'fid-stats', 'train-classifier')
 
 
 class _Problems(list):
@@ -107,7 +113,7 @@ def problems(config, command: str, mesh=None, **files) -> list[str]:
     if path is not None:
       found.expect(epath.Path(path).exists(), f'--{flag}', str(path), 'an existing path')
   sde = _sde_problems(config, found)
-  _data_problems(config, found)
+  _data_problems(config, command, found)
   if command != 'train-classifier':
     _model_problems(config, sde, found)
   users = []
@@ -194,11 +200,36 @@ def _batch_problems(field: str, value, mesh, found: _Problems) -> None:
     found.attempt(parallel.check_batch_size, value, mesh, field)
 
 
-def _data_problems(config, found: _Problems) -> None:
-  """``data.dataset`` and the image size / channels it has (:func:`sde_jax.data.make_spec`)."""
+def _data_problems(config, command: str, found: _Problems) -> None:
+  """``data.dataset`` and the image size / channels it has (:func:`sde_jax.data.make_spec`);
+  for a folder of images, where the command reads them, the images themselves (a scan of their
+  headers: :func:`sde_jax.data.folder_splits`)."""
   from sde_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  found.attempt(data_lib.make_spec, config, 'train', batch_size=1, seed=0, start_step=0,
-                process_index=0, process_count=1, uniform_dequantization=None)
+  spec = found.attempt(data_lib.make_spec, config, 'train', batch_size=1, seed=0, start_step=0,
+                       process_index=0, process_count=1, uniform_dequantization=None)
+  if spec is None or spec.dataset != data_lib.FOLDER_DATASET or command not in _READS_DATA:
+    return
+  splits = found.attempt(data_lib.folder_splits, config.data)
+  if splits is None:
+    return
+  classifier = command == 'train-classifier'
+  if classifier and 'classifier' not in config:
+    return  # reported by _classifier_problems
+  if command in ('train', 'train-classifier'):
+    prefix = 'classifier.training' if classifier else 'training'
+    batch = (config.classifier.training if classifier else config.training).batch_size
+    found.expect(len(splits.train) >= batch, f'{prefix}.batch_size', batch,
+                 f'at most the {len(splits.train)} training images under data.path (a train '
+                 'epoch drops its last partial batch)')
+  if classifier and found.expect(
+      bool(splits.class_names), 'data.labels_from_folders',
+      config.data.get('labels_from_folders', False),
+      "True for train-classifier on data.dataset='folder' (the classes are the first-level "
+      'folder names)'):
+    classes = len(splits.class_names)
+    found.expect(config.classifier.get('num_classes') == classes, 'classifier.num_classes',
+                 config.classifier.get('num_classes'),
+                 f'{classes}, the class folders under data.path ({", ".join(splits.class_names)})')
 
 
 def _model_problems(config, sde, found: _Problems) -> None:

@@ -79,7 +79,9 @@ MODEL_FIELDS = {
     'ncsnv2_128': ('interpolation',),
     'ncsnv2_256': ('interpolation',),
 }
-DATA_FIELDS = {'LSUN': ('category',), 'FFHQ': ('tfrecords_path',), 'CelebAHQ': ('tfrecords_path',)}
+DATA_FIELDS = {'LSUN': ('category',), 'FFHQ': ('tfrecords_path',), 'CelebAHQ': ('tfrecords_path',),
+               'folder': ('path', 'eval_path', 'eval_fraction', 'labels_from_folders',
+                          'skip_bad_files', 'upsample_small')}
 
 
 def _parse(rel, *overrides):

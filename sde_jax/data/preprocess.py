@@ -51,15 +51,21 @@ def celeba_crop_resize(image, size: int):
 
 
 def lsun_crop_resize(image, size: int):
-  """LSUN: at 128, bilinear short side to 128 then central crop; else central square + bicubic.
-
-  The bicubic result is clipped to [0, 255] and rounded to 8 bits. The original casts it to uint8,
-  which truncates (half a level darker on average; upsampled white becomes 254 in a third of the
-  pixels) and wraps the bicubic overshoot at sharp edges around (-3 becomes 253).
-  """
-  tf = load_tensorflow()
+  """LSUN: at 128, bilinear short side to 128 then central crop; else :func:`square_resize`."""
   if size == 128:
     return center_crop(resize_short_side(to_float(image), size), size, size)
+  return square_resize(image, size)
+
+
+def square_resize(image, size: int):
+  """The central square (side: the short side), bicubic (antialiased) resize to size x size,
+  clipped to [0, 255] and rounded to 8 bits (the identity for a size x size image).
+
+  The original's LSUN pipeline, but for the rounding: it casts to uint8, which truncates (half a
+  level darker on average; upsampled white becomes 254 in a third of the pixels) and wraps the
+  bicubic overshoot at sharp edges around (-3 becomes 253).
+  """
+  tf = load_tensorflow()
   side = tf.reduce_min(tf.shape(image)[:2])
   image = tf.image.resize(center_crop(image, side, side), (size, size),
                           method='bicubic', antialias=True)
@@ -70,4 +76,5 @@ PREPROCESS = {
     'CIFAR10': resize, 'SVHN': resize, 'CELEBA': celeba_crop_resize, 'LSUN': lsun_crop_resize,
     'FFHQ': lambda image, size: to_float(image),  # stored at the resolution asked for
     'CelebAHQ': lambda image, size: to_float(image),
+    'folder': square_resize,  # the user's own images (sde_jax.data.folder_source)
 }

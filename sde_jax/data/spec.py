@@ -22,7 +22,10 @@ TFDS_DATASETS = {
 TFRECORD_DATASETS = ('FFHQ', 'CelebAHQ')
 # The embedded digits (sde_jax.data.digits) and their channel counts.
 DIGITS_DATASETS = {'digits': 1, 'digits_rgb': 3}
-KNOWN_DATASETS = (*TFDS_DATASETS, *TFRECORD_DATASETS, *DIGITS_DATASETS, *TOY_DATASETS)
+# The user's own images: a folder at config.data.path (sde_jax.data.folder_source).
+FOLDER_DATASET = 'folder'
+KNOWN_DATASETS = (*TFDS_DATASETS, *TFRECORD_DATASETS, *DIGITS_DATASETS, FOLDER_DATASET,
+                  *TOY_DATASETS)
 
 SHUFFLE_BUFFER = 10_000  # the original's; config.data.shuffle_buffer_size overrides it
 
@@ -92,6 +95,11 @@ def _image_shape(data) -> tuple[int, int, int]:
   if isinstance(size, bool) or not isinstance(size, int) or size < (8 if digits else 1):
     least = 'an int >= 8 (the 8x8 digits are only upsampled)' if digits else 'a positive int'
     raise ValueError(f'data.image_size must be {least} for {data.dataset}, got {size!r}.')
+  if data.dataset == FOLDER_DATASET:  # the images' own count, checked against them when read
+    channels = data.get('num_channels', 3)
+    if channels not in (1, 3, 4):
+      raise ValueError(f'data.num_channels={channels!r}; expected 1, 3 or 4 for a folder of '
+                       'images.')
   if data.get('num_channels', channels) != channels:
     raise ValueError(f'{data.dataset} has {channels} channel(s); '
                      f'data.num_channels is {data.num_channels}.')

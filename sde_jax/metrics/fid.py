@@ -234,11 +234,12 @@ def kernel_inception_distance_and_std(features1: np.ndarray, features2: np.ndarr
 def stats_filename(dataset: str, image_size: int | None = None,
                    category: str | None = None) -> str:
   """The original's name of a data set's statistics file (in its ``assets/stats/``):
-  ``cifar10_stats.npz``, ``celeba_stats.npz``, ``lsun_{category}_{image_size}_stats.npz``.
+  ``cifar10_stats.npz``, ``celeba_stats.npz``, ``lsun_{category}_{image_size}_stats.npz``; for
+  a folder of one's own images, ``folder_{image_size}_stats.npz``.
 
   Args:
     dataset: the data set's name (``config.data.dataset``), any case; lower-cased in the name.
-    image_size: the image side in pixels; needed for LSUN only, ignored otherwise.
+    image_size: the image side in pixels; needed for LSUN and folders only, ignored otherwise.
     category: the LSUN category (e.g. ``'church_outdoor'``); needed for LSUN only.
 
   Returns:
@@ -252,6 +253,8 @@ def stats_filename(dataset: str, image_size: int | None = None,
     if category is None or image_size is None:
       raise ValueError('LSUN statistics are per category and image size; pass both.')
     return f'lsun_{category}_{image_size}_stats.npz'
+  if name == 'folder' and image_size is not None:
+    return f'folder_{image_size}_stats.npz'
   return f'{name}_stats.npz'
 
 
