@@ -2,7 +2,9 @@
 
 import json
 import pathlib
+import pickle
 import sys
+import zipfile
 
 import chex
 import jax
@@ -66,24 +68,27 @@ def test_structure_mismatch_is_refused(path):
     checkpoints.import_original(path, config)
 
 
-def test_unsafe_pickle_is_refused(tmp_path):
-  """A .pth whose pickle would run code is rejected by weights_only loading."""
-  import torch
-  bad = tmp_path / 'evil.pth'
-
+def test_unsafe_pickle_is_refused(tmp_path, capsys):
+  """A .pth whose pickle would run code (here print) is refused, and nothing of it runs."""
   class Evil:
     def __reduce__(self):
       return (print, ('pwned',))
 
-  torch.save({'model': Evil(), 'ema': {}, 'step': 1}, bad)
-  with pytest.raises(checkpoints.CheckpointError, match='cannot read PyTorch'):
+  bad = tmp_path / 'evil.pth'
+  with zipfile.ZipFile(bad, 'w') as archive:  # the zip format of torch.save, made without torch
+    archive.writestr('archive/data.pkl',
+                     pickle.dumps({'model': Evil(), 'ema': {}, 'step': 1}, protocol=2))
+  with pytest.raises(checkpoints.CheckpointError,
+                     match='cannot read PyTorch checkpoint .*evil.pth: refuses global '
+                           'builtins.print'):
     checkpoints.import_original(bad, fixture_config())
+  assert 'pwned' not in capsys.readouterr().out
 
 
-def test_missing_torch_names_the_extra(monkeypatch):
-  monkeypatch.setitem(sys.modules, 'torch', None)
-  with pytest.raises(ImportError, match=r"sde-jax\[torch\]"):
-    checkpoints.import_original(PTH, fixture_config())
+def test_pytorch_checkpoints_import_without_torch(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` raises ImportError
+  state = checkpoints.import_original(PTH, fixture_config())
+  assert state.step == json.loads((DATA / 've_ncsnpp_continuous_tiny.json').read_text())['step']
 
 
 def test_ncsnv2_torch_checkpoint_needs_pytorch_flavour():

@@ -12,7 +12,9 @@ import.
 
 import json
 import pathlib
+import pickle
 import sys
+import zipfile
 import zlib
 
 import chex
@@ -23,6 +25,7 @@ import pytest
 from sde_jax.checkpoints import CheckpointError
 from sde_jax.metrics import inception
 from tests import helpers
+from tests.pth_files import state_dict_file
 
 DATA = pathlib.Path(__file__).parent / 'data'
 REFERENCE = DATA / 'pytorch_fid_inception.npz'
@@ -204,11 +207,10 @@ def test_width_scales_the_network():
 
 
 def test_npz_and_pth_round_trip(tmp_path):
-  torch = pytest.importorskip('torch')
   state = reference_state_dict(torch_shapes(TINY))
   params = inception.params_from_state_dict(state, TINY)
   np.savez(tmp_path / 'w.npz', **state)
-  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / 'w.pth')
+  (tmp_path / 'w.pth').write_bytes(state_dict_file(state))  # torch.save's zip format
   for name in ('w.npz', 'w.pth'):
     chex.assert_trees_all_equal(inception.load_params(tmp_path / name, TINY), params)
   assert inception.state_dict_from_params(params).keys() == state.keys()
@@ -258,17 +260,18 @@ def test_batch_norm_counters_are_the_only_tensors_left_unused():
   inception.params_from_state_dict(state, TINY)
 
 
-def test_unsafe_pth_is_refused(tmp_path):
-  torch = pytest.importorskip('torch')
-
+def test_unsafe_pth_is_refused(tmp_path, capsys):
   class Evil:
     def __reduce__(self):
       return (print, ('pwned',))
 
   path = tmp_path / 'evil.pth'
-  torch.save({'Conv2d_1a_3x3.conv.weight': Evil()}, path)
-  with pytest.raises(CheckpointError, match='evil.pth'):
+  with zipfile.ZipFile(path, 'w') as archive:  # the zip format of torch.save, made without torch
+    archive.writestr('archive/data.pkl',
+                     pickle.dumps({'Conv2d_1a_3x3.conv.weight': Evil()}, protocol=2))
+  with pytest.raises(CheckpointError, match='evil.pth: refuses global builtins.print'):
     inception.load_params(path, TINY)
+  assert 'pwned' not in capsys.readouterr().out
 
 
 if __name__ == '__main__':

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import torch
 from flax import traverse_util
 
 from sde_jax import checkpoints
@@ -103,7 +102,7 @@ def load_torch_fixture(name):
   """(config, checkpoint, arrays, module of the network) of fixture ``name``."""
   record = json.loads((DATA / f'{name}.json').read_text())
   config = ml_collections.ConfigDict(record['config'])
-  checkpoint = torch.load(DATA / f'{name}.pth', weights_only=True)
+  checkpoint = checkpoints.read_torch(DATA / f'{name}.pth')  # numpy arrays, no torch needed
   module = ddpm if config.model.name == 'ddpm' else ncsnv2
   return config, checkpoint, np.load(DATA / f'{name}.npz'), module
 

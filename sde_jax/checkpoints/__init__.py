@@ -1,13 +1,15 @@
 """Checkpoints: import of the original score_sde / score_sde_pytorch files, and orbax storage.
 
 The original files are untrusted input. The Flax ones are msgpack (``flax.serialization``),
-which holds only arrays and containers; the PyTorch ones are read with
-``torch.load(weights_only=True)``, which refuses anything but tensors and plain containers.
+which holds only arrays and containers; the PyTorch ones are read without PyTorch by
+``torch_pickle``, which runs nothing in them and refuses anything but tensors and plain
+containers.
 Import is strict: every parameter of the model must be found with its exact shape, and every
 array of the file must be used, or the import fails with the names and shapes involved.
 
 One concept a file: ``errors`` (CheckpointError, config hints, tree checks), ``imported_state``,
 ``original_flax`` (score_sde files), ``original_torch`` (score_sde_pytorch files and layouts),
+``torch_pickle`` (the ``torch.save`` formats, read with numpy alone),
 ``storage`` (orbax), ``integrity`` (manifests of hashes, the newest intact step),
 ``sealed_manager`` (orbax's manager writing them), ``import_job`` (``import_original``, what
 ``sde-jax import`` runs).

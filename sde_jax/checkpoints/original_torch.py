@@ -1,22 +1,21 @@
 """score_sde_pytorch checkpoints: a layout maps each Flax leaf to a state_dict key; values are
 converted by the Flax leaf's name and rank.
 
-The files are untrusted input; they are read with ``torch.load(weights_only=True)``, which refuses
-anything but tensors and plain containers.
+The files are untrusted input; they are read without PyTorch by :mod:`torch_pickle`, which runs
+nothing in them and refuses anything but tensors and plain containers.
 """
 
 from __future__ import annotations
 
-import io
 import re
 from typing import Any, Callable, Mapping
 
-import jax
 import numpy as np
 from absl import logging
 from etils import epath
 from flax import traverse_util
 
+from sde_jax.checkpoints import torch_pickle
 from sde_jax.checkpoints.errors import (CheckpointError, Path, check_tree, config_hint, path_name,
                                         require_keys)
 from sde_jax.checkpoints.imported_state import ImportedState, Params
@@ -32,20 +31,13 @@ def is_torch_file(path: str) -> bool:
   return head.startswith(b'PK') or head[:1] == b'\x80'
 
 
-def read_torch(path: str) -> dict:
-  """``torch.load(path, weights_only=True)`` with arrays as numpy and clear errors."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f'{path} is a PyTorch checkpoint; reading it needs torch: '
-                      f"pip install 'sde-jax[torch]'") from e
-  try:
-    raw = torch.load(io.BytesIO(epath.Path(path).read_bytes()), map_location='cpu',
-                     weights_only=True)
-  except Exception as e:  # torch raises many types for truncated / corrupt / unsafe files.
-    raise CheckpointError(f'cannot read PyTorch checkpoint {path}: {type(e).__name__}: {e}') from e
-  return jax.tree_util.tree_map(
-      lambda v: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v, raw)
+def read_torch(path: str) -> Any:
+  """What ``torch.save`` wrote to ``path``, every tensor a numpy array, read without PyTorch.
+
+  The same tree as ``torch.load(path, weights_only=True)`` gives (see :func:`torch_pickle.load`
+  for the few differences); raises :class:`CheckpointError` for a damaged or unsafe file.
+  """
+  return torch_pickle.load(epath.Path(path).read_bytes(), str(path))
 
 
 def to_flax_array(path: Path, value: np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ class ImageFile:
   """One image of a folder, as its header tells."""
   path: str
   relative: str  # the path under the scanned folder, '/'-separated
+  format: str  # one of FORMATS
   width: int
   height: int
   channels: int
@@ -78,6 +79,7 @@ class FolderSplits:
   class_names: tuple[str, ...]  # empty unless data.labels_from_folders
   channels: int
   eval_is_train: bool
+  formats: frozenset[str]  # of the images of both splits
 
 
 def _read_header(file: epath.Path, root: str) -> ImageFile | str:
@@ -95,7 +97,7 @@ def _read_header(file: epath.Path, root: str) -> ImageFile | str:
   if mode not in _MODE_CHANNELS:
     return f'{relative} (PIL mode {mode}, which is not decoded as 1, 3 or 4 channels)'
   channels = 4 if mode == 'P' and transparent else _MODE_CHANNELS[mode]
-  return ImageFile(str(file), relative, width, height, channels)
+  return ImageFile(str(file), relative, fmt, width, height, channels)
 
 
 def _is_hidden(relative: str) -> bool:
@@ -257,7 +259,8 @@ def folder_splits(data) -> FolderSplits:
   return FolderSplits(tuple(f.path for f in train), labels(train, 'data.path'),
                       tuple(f.path for f in evals),
                       labels(evals, 'data.eval_path' if eval_root else 'data.path'),
-                      class_names, channels, eval_is_train=evals is train)
+                      class_names, channels, eval_is_train=evals is train,
+                      formats=frozenset(f.format for f in (*train, *evals)))
 
 
 def _class_of(image: ImageFile, field: str) -> str:
@@ -276,6 +279,10 @@ def folder_source(data, spec: PipelineSpec) -> Source:
   """The images of ``data.path`` as a :class:`~sde_jax.data.source.Source` (see the module)."""
   tf = load_tensorflow()
   splits = folder_splits(data)
+  if 'WEBP' in splits.formats and not hasattr(tf.io, 'decode_webp'):
+    raise ValueError(f'data.path={data.path!r} holds WebP images, which TensorFlow '
+                     f'{tf.__version__} cannot decode; install a TensorFlow that has '
+                     'tf.io.decode_webp, or convert them to PNG.')
   if splits.eval_is_train:
     logging.info('data.path=%s: no data.eval_path or data.eval_fraction, so eval reads the '
                  '%d training images.', data.path, len(splits.train))

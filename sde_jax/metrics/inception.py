@@ -11,9 +11,9 @@ module): uint8 images ``x`` become ``(x - 127.5) / 127.5``, and the module resiz
 299x299 with TensorFlow 1's bilinear resize (``tf.compat.v1.image.resize``: no half-pixel
 centres, no antialiasing) before the network. :func:`preprocess` does both.
 
-Weights are never downloaded: :func:`load_params` reads pytorch-fid's released state dict
-(``torch.load(weights_only=True)``) or an ``.npz`` of the same arrays, and maps every tensor
-strictly onto the Flax parameters.
+Weights are never downloaded: :func:`load_params` reads pytorch-fid's released state dict (with
+``checkpoints.read_torch``, which needs no PyTorch and runs nothing in the file) or an ``.npz`` of
+the same arrays, and maps every tensor strictly onto the Flax parameters.
 """
 
 from __future__ import annotations
@@ -400,8 +400,8 @@ def init_params(key: jax.Array, model: InceptionV3 | None = None) -> Any:
 def _missing_weights(path: str) -> FileNotFoundError:
   return FileNotFoundError(
       f'Inception weights not found at {path!r}. sde-jax never downloads them: fetch '
-      f"pytorch-fid's FID Inception weights from {WEIGHTS_URL} and pass that file's path "
-      f'(reading it needs torch), or an .npz converted from it once with '
+      f"pytorch-fid's FID Inception weights from {WEIGHTS_URL} and pass that file's path, "
+      f'or an .npz converted from it once with '
       f'sde_jax.metrics.inception.convert_weights(pth_path, npz_path); see docs/evaluation.md.')
 
 
@@ -467,7 +467,7 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], model: InceptionV3 |
 
 def load_params(path: str | os.PathLike, model: InceptionV3 | None = None) -> Any:
   """The network's parameters from pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``
-  (needs torch) or an ``.npz`` of the same arrays under the same keys.
+  (read without PyTorch) or an ``.npz`` of the same arrays under the same keys.
 
   Raises:
     FileNotFoundError: if ``path`` does not exist (the message says where to get the file).
@@ -484,7 +484,7 @@ def state_dict_from_params(params: Any) -> dict[str, np.ndarray]:
 
 def convert_weights(src: str | os.PathLike, dst: str | os.PathLike) -> None:
   """Writes the weights in ``src`` (pytorch-fid's ``.pth``) to the ``.npz`` ``dst``, under the
-  same keys and in the same layout, after checking that they fit the network; reading the
-  ``.npz`` needs no torch."""
+  same keys and in the same layout, after checking that they fit the network (an ``.npz`` holds
+  nothing but arrays, and loads without the pickle reader)."""
   params = load_params(src)
   np.savez(dst, **state_dict_from_params(params))
