@@ -307,10 +307,11 @@ def test_config_check_scans_before_a_job_starts(folder, tmp_path):
 
 # --- From the command line, and in a bucket -----------------------------------------------------
 
-def test_train_and_fid_stats_from_the_cli(folder, tmp_path, compilation_cache):
-  """``sde-jax train`` for two steps and ``sde-jax fid-stats`` on a folder; fid-stats of a bad
-  folder fails before its workdir exists."""
-  from sde_jax import evaluate  # pylint: disable=g-import-not-at-top
+def test_train_and_fid_stats_from_command_line_flags(folder, tmp_path):
+  """The jobs of ``sde-jax train`` (two steps) and ``sde-jax fid-stats`` on a folder, their
+  config parsed from command-line flags as the CLI does (in this process: the CLI's own dispatch
+  is tested in test_cli); fid-stats of a bad folder fails before its workdir exists."""
+  from sde_jax import evaluate, train  # pylint: disable=g-import-not-at-top
   from sde_jax.metrics import fid, inception  # pylint: disable=g-import-not-at-top
   root, written = folder
   weights = tmp_path / 'tiny_inception.npz'
@@ -321,15 +322,13 @@ def test_train_and_fid_stats_from_the_cli(folder, tmp_path, compilation_cache):
       'folder_ncsnpp_continuous.py', data=dict(path=str(root), image_size=SIZE),
       training=dict(n_iters=2, snapshot_freq=2, eval_freq=2, log_freq=2, snapshot_sampling=False),
       eval=dict(inception_weights=str(weights)))
-  env = helpers.subprocess_env(compilation_cache, XLA_FLAGS='--xla_backend_optimization_level=0')
-  workdir = tmp_path / 'run'
-  for command in ('train', 'fid-stats'):
-    proc = subprocess.run([sys.executable, '-m', 'sde_jax.cli', command, *flags,
-                           f'--workdir={workdir}'], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, (command, proc.stderr[-4000:])
-  assert (workdir / 'checkpoints' / '2').is_dir()
-  stats = fid.load_stats(workdir / fid.stats_filename('folder', SIZE))['pool_3']
+  config = helpers.parse_flags(flags)
+  workdir = str(tmp_path / 'run')
+  state = train.train_and_evaluate(config, workdir)
+  assert int(state.step) == 2 and (tmp_path / 'run' / 'checkpoints' / '2').is_dir()
+  path = evaluate.dataset_stats(config, workdir)
+  assert path.endswith(fid.stats_filename('folder', SIZE))
+  stats = fid.load_stats(path)['pool_3']
   images = np.stack([written[r] for r in sorted(written)])
   expected = jax.jit(model.apply)({'params': params}, images)['pool_3']
   np.testing.assert_allclose(_rows_sorted(stats), _rows_sorted(expected), rtol=1e-4, atol=1e-5)
