@@ -22,6 +22,9 @@ from sde_jax import config_check, data
 from sde_jax.data import folder_source, preprocess
 from tests import gcs_emulator, helpers
 
+# config_flags loads config files with importlib's deprecated load_module(); not ours to fix.
+pytestmark = pytest.mark.filterwarnings('ignore:the load_module:DeprecationWarning')
+
 ROOT = pathlib.Path(__file__).parent.parent
 SIZE = 8
 CLASSES = ('bird', 'cat', 'dog')
