@@ -77,6 +77,11 @@ _NO_NUMPY_DTYPES = ('complex32', 'bcomplex32', 'qint8', 'quint8', 'qint32', 'qui
                     'float4_e2m1fn_x2', *(f'{u}int{n}' for u in ('', 'u') for n in range(1, 8)))
 
 
+def _unreadable(source: str, detail: str) -> CheckpointError:
+  """The error for the file ``source`` that cannot be read, and why."""
+  return CheckpointError(f'cannot read PyTorch checkpoint {source}: {detail}')
+
+
 class _Inert:
   """Base of the stand-ins a pickle gets: its BUILD opcode cannot set their state."""
   __slots__ = ()
@@ -331,8 +336,7 @@ def _allowed(module: str, name: str, source: str) -> _Global:
   why = _UNSUPPORTED.get(dotted)
   detail = (f'{why} are not supported' if why else
             'a checkpoint may hold only tensors and plain containers, and nothing in it is run')
-  raise CheckpointError(f'cannot read PyTorch checkpoint {source}: refuses global {dotted} '
-                        f'({detail}).')
+  raise _unreadable(source, f'refuses global {dotted} ({detail}).')
 
 
 def _text(value: Any, what: str) -> str:
@@ -404,14 +408,13 @@ def _entry(archive: zipfile.ZipFile, name: str, source: str, nbytes: int = 0) ->
   try:
     info = archive.getinfo(name)
   except KeyError:
-    raise CheckpointError(f'cannot read PyTorch checkpoint {source}: the archive has no '
-                          f'entry {name}.') from None
+    raise _unreadable(source, f'the archive has no entry {name}.') from None
   if info.file_size < nbytes:
-    raise CheckpointError(f'cannot read PyTorch checkpoint {source}: the pickle declares '
-                          f'{nbytes} bytes for {name}, which holds {info.file_size}.')
+    raise _unreadable(source, f'the pickle declares {nbytes} bytes for {name}, which holds '
+                              f'{info.file_size}.')
   if info.file_size > _MAX_ZIP_RATIO * info.compress_size + 1024:
-    raise CheckpointError(f'cannot read PyTorch checkpoint {source}: entry {name} claims '
-                          f'{info.file_size} bytes from {info.compress_size} (damaged?).')
+    raise _unreadable(source, f'entry {name} claims {info.file_size} bytes from '
+                              f'{info.compress_size} (damaged?).')
   return archive.read(info)
 
 
@@ -428,7 +431,7 @@ def _byteorder(archive: zipfile.ZipFile, prefix: str, source: str) -> str:
     return 'little'  # PyTorch's default for files without the record
   order = _entry(archive, f'{prefix}/byteorder', source).decode('ascii', 'replace')
   if order not in ('little', 'big'):
-    raise CheckpointError(f'cannot read PyTorch checkpoint {source}: byteorder {order!r:.20}.')
+    raise _unreadable(source, f'byteorder {order!r:.20}.')
   return order
 
 
@@ -437,11 +440,10 @@ def _archive_prefix(archive: zipfile.ZipFile, source: str) -> str:
   names = archive.namelist()
   prefix = names[0].partition('/')[0] if names else ''
   if _has(archive, f'{prefix}/constants.pkl'):
-    raise CheckpointError(f'cannot read PyTorch checkpoint {source}: a TorchScript archive '
-                          f'(torch.jit.save); only torch.save files are read.')
+    raise _unreadable(source, 'a TorchScript archive (torch.jit.save); only torch.save files '
+                              'are read.')
   if not _has(archive, f'{prefix}/data.pkl'):
-    raise CheckpointError(f'cannot read PyTorch checkpoint {source}: a zip archive without '
-                          f'{prefix}/data.pkl, so not a torch.save file.')
+    raise _unreadable(source, f'a zip archive without {prefix}/data.pkl, so not a torch.save file.')
   return prefix
 
 
@@ -494,21 +496,17 @@ def _read_legacy_storages(data: memoryview, start: int, keys: Any,
   for key in keys:
     root = roots.get(key) if isinstance(key, str) else None
     if root is None:
-      raise CheckpointError(f'cannot read PyTorch checkpoint {source}: storage {key!r:.40} is '
-                            f'listed but no tensor uses it.')
+      raise _unreadable(source, f'storage {key!r:.40} is listed but no tensor uses it.')
     count = int.from_bytes(data[at:at + 8], 'little', signed=True)
     if at + 8 <= len(data) and count * root.dtype.itemsize != root.nbytes:
-      raise CheckpointError(f'cannot read PyTorch checkpoint {source}: storage {key!r} holds '
-                            f'{count} elements, its tensors declare '
-                            f'{root.nbytes // root.dtype.itemsize}.')
+      raise _unreadable(source, f'storage {key!r} holds {count} elements, its tensors declare '
+                                f'{root.nbytes // root.dtype.itemsize}.')
     if at + 8 + root.nbytes > len(data):
-      raise CheckpointError(f'cannot read PyTorch checkpoint {source}: the file ends inside '
-                            f'storage {key!r} (truncated).')
+      raise _unreadable(source, f'the file ends inside storage {key!r} (truncated).')
     root.data, at = data[at + 8:at + 8 + root.nbytes], at + 8 + root.nbytes
   unread = [k for k, s in roots.items() if s.data is None]
   if unread:
-    raise CheckpointError(f'cannot read PyTorch checkpoint {source}: no data for storages '
-                          f'{unread[:5]}.')
+    raise _unreadable(source, f'no data for storages {unread[:5]}.')
 
 
 def _load_legacy(data: bytes, source: str) -> Any:
@@ -516,15 +514,14 @@ def _load_legacy(data: bytes, source: str) -> Any:
   try:
     magic = _unpickle(stream, source)
   except pickle.UnpicklingError as e:
-    raise CheckpointError(f'cannot read PyTorch checkpoint {source}: not a torch.save file '
-                          f'(neither a zip archive nor a pickle): {e}') from e
+    raise _unreadable(source, 'not a torch.save file (neither a zip archive nor a '
+                              f'pickle): {e}') from e
   if type(magic) is not int or magic != MAGIC_NUMBER:
-    raise CheckpointError(f'cannot read PyTorch checkpoint {source}: a pickle, but not a '
-                          f'torch.save file (no magic number).')
+    raise _unreadable(source, 'a pickle, but not a torch.save file (no magic number).')
   version = _unpickle(stream, source)
   if type(version) is not int or version != LEGACY_PROTOCOL:
-    raise CheckpointError(f'cannot read PyTorch checkpoint {source}: legacy protocol version '
-                          f'{version!r:.40}, only {LEGACY_PROTOCOL} is known.')
+    raise _unreadable(source, f'legacy protocol version {version!r:.40}, only '
+                              f'{LEGACY_PROTOCOL} is known.')
   _unpickle(stream, source)  # the writer's system info; the data is little-endian regardless
   roots: dict[str, _Storage] = {}
   views: dict[str, _Storage] = {}
@@ -603,13 +600,12 @@ def load(data: bytes, source: str) -> Any:
       :data:`ALLOWED` (nothing in it is run), or sizes, strides or storage keys that do not fit
       the bytes it holds.
   """
-  prefix = f'cannot read PyTorch checkpoint {source}'
   try:
     if data[:4] in (b'PK\x03\x04', b'PK\x05\x06'):
       tree = _load_zip(data, source)
     elif _is_tar(data):
-      raise CheckpointError(f'{prefix}: the tar format of the earliest PyTorch releases is not '
-                            f'supported; load and save it again with PyTorch.')
+      raise _unreadable(source, 'the tar format of the earliest PyTorch releases is not '
+                                'supported; load and save it again with PyTorch.')
     else:
       tree = _load_legacy(data, source)
     return _finish(tree)
@@ -618,10 +614,10 @@ def load(data: bytes, source: str) -> Any:
   except zipfile.BadZipFile as e:
     hint = (' (the file is damaged, or was saved with PyTorch\'s CRC-32 computation turned off)'
             if 'CRC' in str(e) else '')
-    raise CheckpointError(f'{prefix}: damaged zip archive: {e}{hint}.') from e
+    raise _unreadable(source, f'damaged zip archive: {e}{hint}.') from e
   except RecursionError as e:
-    raise CheckpointError(f'{prefix}: objects nested too deeply.') from e
+    raise _unreadable(source, 'objects nested too deeply.') from e
   except pickle.UnpicklingError as e:
-    raise CheckpointError(f'{prefix}: {e}.') from e
+    raise _unreadable(source, f'{e}.') from e
   except Exception as e:  # a damaged pickle raises many types: EOFError, TypeError...
-    raise CheckpointError(f'{prefix}: {type(e).__name__}: {e}') from e
+    raise _unreadable(source, f'{type(e).__name__}: {e}') from e
