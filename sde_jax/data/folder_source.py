@@ -40,7 +40,6 @@ from sde_jax.data.tf_runtime import load_tensorflow, without_autograph
 # PIL's format names of the images read (tf.io.decode_image decodes all three).
 FORMATS = ('PNG', 'JPEG', 'WEBP')
 # Channels of the decoded image, by PIL mode (a palette image decodes to RGB, or RGBA when it has
-# a transparent colour).
 # a transparent colour). TensorFlow decodes no two-channel image (grayscale with alpha).
 _MODE_CHANNELS = {'1': 1, 'L': 1, 'I': 1, 'I;16': 1, 'I;16B': 1, 'I;16L': 1, 'RGB': 3, 'P': 3,
                   'PA': 4, 'RGBA': 4, 'RGBa': 4}
@@ -82,10 +81,15 @@ class FolderSplits:
   formats: frozenset[str]  # of the images of both splits
 
 
+def _relative(file: epath.Path, root: str) -> str:
+  """``file``'s path under the folder ``root``, '/'-separated."""
+  return str(file)[len(root):].lstrip('/')
+
+
 def _read_header(file: epath.Path, root: str) -> ImageFile | str:
   """The header of ``file``, or why it is not an image this pipeline reads."""
   from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
-  relative = str(file)[len(root):].lstrip('/')
+  relative = _relative(file, root)
   try:
     with file.open('rb') as f, Image.open(f) as image:
       fmt, mode, (width, height) = image.format, image.mode, image.size
@@ -128,7 +132,7 @@ def scan_folder(root: str, skip_bad_files: bool = False, field: str = 'data.path
                      'images (local or gs://).')
   prefix = str(folder)
   files = workdir_lib.files_under(folder)
-  visible = [f for f in files if not _is_hidden(str(f)[len(prefix):].lstrip('/'))]
+  visible = [f for f in files if not _is_hidden(_relative(f, prefix))]
   hidden = len(files) - len(visible)
   found = _read_headers(visible, prefix)
   images = tuple(sorted((f for f in found if isinstance(f, ImageFile)), key=lambda f: f.relative))
