@@ -15,7 +15,7 @@ def sampling(**fields):
   each method's options, so ``--config.sampling.method=heun --config.sampling.nfe=35`` works on
   any config. ``fields`` (the PC sampler's: predictor, corrector, snr, ...) go on top."""
   return ml_collections.ConfigDict(dict(
-      method='pc',  # 'pc', 'ode', 'dpm_solver++', 'heun' or 'adaptive_sde'
+      method='pc',  # 'pc', 'ode', 'dpm_solver++', 'heun', 'adaptive_sde' or 'predict_project'
       noise_removal=True, probability_flow=False,
       # 'ode': the probability-flow ODE's RK45 tolerances.
       rtol=1e-5, atol=1e-5,
@@ -28,6 +28,9 @@ def sampling(**fields):
       rho=7.0, churn=0.0, s_tmin=0.0, s_tmax=float('inf'), s_noise=1.0,
       # 'adaptive_sde' (Gotta Go Fast): tolerances, first step, step-size controller.
       reltol=0.05, abstol=0.0078, h_init=0.01, safety=0.9, exponent=0.9,
+      # 'predict_project': steps (None: model.num_scales) and the projection's weight; the
+      # projection network is `projection` (sde-jax train-projection, docs/predict_project.md).
+      pp_n_steps=config_dict.placeholder(int), pp_step_size=1.0,
       **fields))
 
 

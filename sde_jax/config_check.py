@@ -273,9 +273,10 @@ def _sampler_problems(config, sde, found: _Problems) -> list[str]:
 def _option_checks() -> dict[str, Callable[..., list[str]]]:
   """The samplers' own option checks, which build nothing (the factories compute their time
   grids with jax, which would start the backend before ``jax.distributed.initialize``)."""
-  from sde_jax.sampling import adaptive_sde, dpm_solver, heun, ode  # pylint: disable=g-import-not-at-top
+  from sde_jax.sampling import adaptive_sde, dpm_solver, heun, ode, predict_project  # pylint: disable=g-import-not-at-top
   return {'ode': ode.option_problems, 'dpm_solver++': dpm_solver.option_problems,
-          'heun': heun.option_problems, 'adaptive_sde': adaptive_sde.option_problems}
+          'heun': heun.option_problems, 'adaptive_sde': adaptive_sde.option_problems,
+          'predict_project': predict_project.option_problems}
 
 
 def _pc_problems(sde, options: dict, found: _Problems) -> list[str]:

@@ -1,10 +1,11 @@
 """Samplers of the reverse process: predictor-corrector (``'pc'``), probability-flow ODE
-(``'ode'``), and the fast samplers ``'dpm_solver++'``, ``'heun'`` (EDM) and ``'adaptive_sde'``
-("Gotta Go Fast").
+(``'ode'``), the fast samplers ``'dpm_solver++'``, ``'heun'`` (EDM) and ``'adaptive_sde'``
+("Gotta Go Fast"), and ``'predict_project'`` (Euler-Maruyama with a learned projection).
 
 Every sampler is ``sampler(key, score_fn, params, ...) -> (x, nfe)`` with ``x`` in model space
 and ``nfe`` the number of score evaluations spent. See ``docs/sampling.md`` and
-``docs/fast_samplers.md``.
+``docs/fast_samplers.md``; ``'predict_project'`` also takes the projection network's params
+(``docs/predict_project.md``).
 """
 
 from __future__ import annotations
@@ -17,16 +18,19 @@ from sde_jax.sampling.dpm_solver import get_dpm_solver_sampler
 from sde_jax.sampling.heun import get_heun_sampler
 from sde_jax.sampling.ode import get_ode_sampler
 from sde_jax.sampling.pc import get_pc_sampler, lookup
+from sde_jax.sampling.predict_project import get_predict_project_sampler
 from sde_jax.sampling.predictors import PREDICTORS
 from sde_jax.sde import SDE, VESDE
 
 __all__ = ['CORRECTORS', 'PREDICTORS', 'SAMPLERS', 'get_adaptive_sde_sampler',
            'get_dpm_solver_sampler', 'get_heun_sampler', 'get_ode_sampler', 'get_pc_sampler',
+           'get_predict_project_sampler',
            'get_sampler', 'get_sampler_from_config', 'config_fields', 'describe_from_config',
            'options_from_config', 'CONFIG_FIELDS']
 
 SAMPLERS = {'pc': get_pc_sampler, 'ode': get_ode_sampler, 'dpm_solver++': get_dpm_solver_sampler,
-            'heun': get_heun_sampler, 'adaptive_sde': get_adaptive_sde_sampler}
+            'heun': get_heun_sampler, 'adaptive_sde': get_adaptive_sde_sampler,
+            'predict_project': get_predict_project_sampler}
 
 
 def get_sampler(method: str, sde: SDE, shape: tuple[int, ...], **options):
@@ -34,7 +38,7 @@ def get_sampler(method: str, sde: SDE, shape: tuple[int, ...], **options):
 
   Args:
     method: a name in :data:`SAMPLERS` (``'pc'``, ``'ode'``, ``'dpm_solver++'``, ``'heun'``,
-      ``'adaptive_sde'``).
+      ``'adaptive_sde'``, ``'predict_project'``).
     sde: the forward SDE.
     shape: ``(B, ...)``, the shape of one batch of samples (model space).
     **options: keyword options of the method's factory (e.g. ``snr`` for ``'pc'``, ``nfe`` for
@@ -60,6 +64,10 @@ def _lower(value) -> str:
   return str(value).lower()
 
 
+def _optional_int(value) -> int | None:
+  return None if value is None else int(value)
+
+
 REQUIRED = object()  # a config field without a default
 # What each method reads from ``config.sampling``: (config field, option of the sampler's
 # factory, type, default when the config lacks the field or holds None). Every method also reads
@@ -82,6 +90,10 @@ CONFIG_FIELDS = {
     'adaptive_sde': (('reltol', 'rtol', float, 0.05), ('abstol', 'atol', float, 0.0078),
                      ('h_init', 'h_init', float, 0.01), ('safety', 'safety', float, 0.9),
                      ('exponent', 'exponent', float, 0.9)),
+    # Steps of the grid (None: model.num_scales, as PC) and the projection's weight; the
+    # projection network is the job's (sde-jax train-projection), not a config field.
+    'predict_project': (('pp_n_steps', 'n_steps', _optional_int, None),
+                        ('pp_step_size', 'step_size', float, 1.0)),
 }
 
 
@@ -127,7 +139,7 @@ def options_from_config(config, sde: SDE) -> tuple[str, dict]:
   return method, options
 
 
-def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...]):
+def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...], **extra):
   """Builds the sampler named by ``config.sampling.method`` with the options of
   :data:`CONFIG_FIELDS` (the original configs' fields and more).
 
@@ -138,6 +150,7 @@ def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...]):
     config: a config with a ``sampling`` section (see :func:`config_fields`).
     sde: the forward SDE; also picks the default ``eps`` (1e-5 for VE, 1e-3 otherwise).
     shape: ``(B, ...)``, the shape of one batch of samples (model space).
+    **extra: options that are not config fields: ``projection_fn`` for ``'predict_project'``.
 
   Returns:
     The sampler, as :func:`get_sampler` returns it.
@@ -146,7 +159,7 @@ def get_sampler_from_config(config, sde: SDE, shape: tuple[int, ...]):
     ValueError: for an unknown method, or a required field the config lacks.
   """
   method, options = options_from_config(config, sde)
-  return get_sampler(method, sde, shape, **options)
+  return get_sampler(method, sde, shape, **options, **extra)
 
 
 def describe_from_config(config) -> str:
@@ -162,8 +175,10 @@ def describe_from_config(config) -> str:
   if method not in CONFIG_FIELDS:
     return method
   shown = {'ode': ('rtol', 'atol'), 'dpm_solver++': ('nfe', 'order', 'schedule'),
-           'heun': ('nfe', 'churn'), 'adaptive_sde': ('reltol', 'abstol')}[method]
-  values = {k: v for k, v in _method_values(cfg, method).items() if k in shown}
+           'heun': ('nfe', 'churn'), 'adaptive_sde': ('reltol', 'abstol'),
+           'predict_project': ('pp_n_steps', 'pp_step_size')}[method]
+  values = {k: v for k, v in _method_values(cfg, method).items()
+            if k in shown and v is not None}
   if not values.get('churn', 1):
     del values['churn']
   detail = ', '.join(f'{k} {v}' for k, v in values.items())
