@@ -67,6 +67,25 @@ def classifier(*, blocks_per_group=4, channel_multiplier=10, embedding_size=128,
       grad_clip=1.))
   return section
 
+def projection(**training):
+  """The ``projection`` section of ``sde-jax train-projection`` (Predict-Project sampling,
+  docs/predict_project.md): the network is the score network's family (``name`` None) at
+  ``width`` times its channels (``nf``) or MLP widths, ``scale_by_sigma`` off, then the fields of
+  ``model``; trained on the step counts ``train_n_steps`` (None: the sampler's N,
+  ``sampling.pp_n_steps`` or ``model.num_scales``). ``training`` overrides the schedule."""
+  section = ml_collections.ConfigDict(dict(
+      name=config_dict.placeholder(str), width=0.5, model=ml_collections.ConfigDict(),
+      train_n_steps=config_dict.placeholder(tuple), ema_rate=0.999))
+  section.training = ml_collections.ConfigDict(dict(
+      batch_size=128, n_iters=20001, n_jitted_steps=5, log_freq=100, eval_freq=5000,
+      snapshot_freq=5000, snapshot_freq_for_preemption=1000, keep_last=2))
+  section.training.update(training)
+  section.optim = ml_collections.ConfigDict(dict(
+      optimizer='Adam', lr=2e-4, beta1=0.9, eps=1e-8, weight_decay=0., warmup=1000,
+      grad_clip=1.))
+  return section
+
+
 def ve(config, *, continuous=True, ema_rate=0.999):
   """VE SDE (continuous) or SMLD noise levels (discrete), sampled by reverse diffusion + Langevin.
 

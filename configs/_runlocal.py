@@ -46,6 +46,8 @@ PARALLEL = dict(fsdp_min_size=2 ** 8)
 CLASSIFIER = dict(blocks_per_group=1, channel_multiplier=1, embedding_size=8)
 CLASSIFIER_TRAINING = dict(batch_size=8, n_iters=3, n_jitted_steps=1, log_freq=1, eval_freq=3,
                            snapshot_freq=3, snapshot_freq_for_preemption=3, keep_last=1)
+# The projection network: the classifier's schedule (its width follows the shrunk network).
+PROJECTION_TRAINING = CLASSIFIER_TRAINING
 
 
 def _set(section, fields):
@@ -55,8 +57,8 @@ def _set(section, fields):
 
 def runlocal(config):
   """Shrinks ``config`` in place (and returns it): the network, image size, number of noise
-  scales, training schedule, evaluation sizes, warm-up, the FSDP size threshold, GMRES steps and
-  the classifier section.
+  scales, training schedule, evaluation sizes, warm-up, the FSDP size threshold, GMRES steps, and
+  the classifier and projection sections.
 
   Raises:
     ValueError: for a network family the recipe does not know, so that a new one gets a size.
@@ -79,4 +81,7 @@ def runlocal(config):
     _set(config.classifier, CLASSIFIER)
     _set(config.classifier.training, CLASSIFIER_TRAINING)
     _set(config.classifier.optim, OPTIM)
+  if 'projection' in config:
+    _set(config.projection.training, PROJECTION_TRAINING)
+    _set(config.projection.optim, OPTIM)
   return config

@@ -28,6 +28,7 @@ def get_default_configs():
   # The PC sampler's predictor and corrector come with the SDE (configs._recipes).
   config.sampling = _recipes.sampling(n_steps_each=1, snr=0.16)
   config.controllable = _recipes.controllable()
+  config.projection = _recipes.projection()  # sde-jax train-projection (Predict-Project)
   config.eval = ml_collections.ConfigDict(dict(
       begin_ckpt=9, end_ckpt=26,
       batch_size=1024, num_samples=50000,
@@ -58,6 +59,13 @@ def get_default_configs():
       # Which original's network to build where the two differ (NCSNv2 / NCSN): 'jax' for
       # score_sde checkpoints, 'pytorch' for score_sde_pytorch ones.
       flavour='jax',
+      # Compute dtype, 'float32' or 'bfloat16' (parameters, optimizer state, EMA, checkpoints,
+      # normalisation statistics, losses and samplers stay float32), and rematerialisation of
+      # each residual / attention block in the backward pass: 'none', 'block' (or True: save
+      # nothing inside a block) or a jax.checkpoint_policies name
+      # (sde_jax.models.compute.REMAT_POLICIES). Neither changes parameter names. A string,
+      # so that --config.model.remat=dots_saveable and =True both parse.
+      dtype='float32', remat='none',
   ))
   # Device mesh: fsdp > 1 shards parameters and optimizer state over that many devices; arrays
   # of fewer than fsdp_min_size elements (biases, norms: a small share of the bytes) stay whole.

@@ -26,8 +26,9 @@ flags.DEFINE_string('eval_folder', 'eval', 'eval: the sub-folder of --workdir fo
 flags.DEFINE_integer('class', None, 'sample: draw samples of this class with the classifier of '
                      'sde-jax train-classifier (guidance: --config.controllable.guidance_scale).')
 flags.DEFINE_integer('num_images', 8, 'inpaint, colorize: how many images to condition on.')
-flags.DEFINE_list('allow_config_change', [], 'train, train-classifier: config fields (or '
-                  'sections, or "all") that may differ from those the workdir\'s checkpoint was '
+flags.DEFINE_list('allow_config_change', [], 'train, train-classifier, train-projection: '
+                  'config fields (or sections, or "all") that may differ from those the '
+                  'workdir\'s checkpoint was '
                   'trained with; others than the schedule are refused (docs/training.md).')
 flags.DEFINE_string('folder', None, 'inpaint, colorize: a folder of PNG / JPEG images to use '
                     'instead of the config\'s eval split.')
@@ -87,6 +88,11 @@ def _train_classifier(config, workdir):
                                     allow_config_change=tuple(FLAGS.allow_config_change))
 
 
+def _train_projection(config, workdir):
+  from sde_jax.projection import job
+  job.train_projection(config, workdir, allow_config_change=tuple(FLAGS.allow_config_change))
+
+
 def _eval(config, workdir):
   from sde_jax import evaluate
   evaluate.evaluate(config, workdir, eval_folder=FLAGS.eval_folder,
@@ -110,7 +116,8 @@ def _compare(config, workdir):
 
 COMMANDS = {'toy': _toy, 'import': _import, 'train': _train, 'sample': _sample, 'eval': _eval,
             'fid-stats': _fid_stats, 'compare': _compare, 'inpaint': _inpaint,
-            'colorize': _colorize, 'train-classifier': _train_classifier}
+            'colorize': _colorize, 'train-classifier': _train_classifier,
+            'train-projection': _train_projection}
 NO_CONFIG = ('compare',)  # commands that need --workdir only
 
 

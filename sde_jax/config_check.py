@@ -45,7 +45,7 @@ from etils import epath
 from sde_jax import sde as sde_lib
 
 COMMANDS = ('train', 'sample', 'eval', 'inpaint', 'colorize', 'class', 'train-classifier',
-            'fid-stats', 'import')
+            'train-projection', 'fid-stats', 'import')
 # The periods of a training schedule, each a multiple of n_jitted_steps (the loop only sees every
 # n_jitted_steps-th step).
 PERIODS = ('log_freq', 'eval_freq', 'snapshot_freq', 'snapshot_freq_for_preemption')
@@ -57,7 +57,7 @@ _CHAIN_CORRECTORS = {name: (sde_lib.VPSDE, sde_lib.SubVPSDE)
                      for name in ('langevin', 'langevin_batch', 'ald')}
 _ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 # The commands that read the data set's images (a folder of them is scanned before they start).
-_READS_DATA = ('train', 'eval', 'fid-stats', 'train-classifier')
+_READS_DATA = ('train', 'eval', 'fid-stats', 'train-classifier', 'train-projection')
 
 
 class _Problems(list):
@@ -124,6 +124,11 @@ def problems(config, command: str, mesh=None, **files) -> list[str]:
     if tc.get('snapshot_sampling'):
       _batch_problems('training.snapshot_num_samples', tc.snapshot_num_samples, None, found)
       users += _sampler_problems(config, sde, found)
+      found.expect(str(config.sampling.method).lower() != 'predict_project',
+                   'sampling.method', config.sampling.method,
+                   "another method for training snapshots (the projection network of "
+                   "'predict_project' is trained after the score model), or "
+                   'training.snapshot_sampling=False')
   elif command == 'sample':
     _batch_problems('eval.batch_size', config.eval.batch_size, None, found)
     users += _sampler_problems(config, sde, found)
@@ -135,6 +140,8 @@ def problems(config, command: str, mesh=None, **files) -> list[str]:
     users += _controllable_problems(config, command, sde, found)
   elif command == 'train-classifier':
     _classifier_problems(config, mesh, found)
+  elif command == 'train-projection':
+    _projection_problems(config, sde, mesh, found)
   if command not in ('train-classifier', 'fid-stats', 'import') and sde is not None:
     continuous = config.training.get('continuous', True)
     if not continuous and isinstance(sde, sde_lib.VPSDE):
@@ -261,6 +268,8 @@ def _sampler_problems(config, sde, found: _Problems) -> list[str]:
                f'0 < eps < T = {sde.T}')
   if method == 'pc':
     return _pc_problems(sde, options, found)
+  if method == 'predict_project':
+    _projection_network_problems(config, found)
   check_options = _option_checks()[method]
   wanted = inspect.signature(check_options).parameters
   found.extend(f'config.sampling (method={method!r}): {p}' for p in check_options(
@@ -364,3 +373,32 @@ def _classifier_problems(config, mesh, found: _Problems) -> None:
   ct = config.classifier.training
   _batch_problems('classifier.training.batch_size', ct.batch_size, mesh, found)
   found.extend(schedule_problems(ct, 'classifier.training'))
+
+
+def _projection_network_problems(config, found: _Problems) -> bool:
+  """``config.projection``'s network (:func:`sde_jax.projection.get_projection_model`)."""
+  if not found.expect('projection' in config, 'config.projection', None,
+                      'a projection section (configs._recipes.projection)'):
+    return False
+  from sde_jax import projection  # pylint: disable=g-import-not-at-top
+  p = config.projection
+  found.expect(float(p.width) > 0, 'projection.width', p.width, 'a positive factor')
+  return found.attempt(projection.get_projection_model, config) is not None
+
+
+def _projection_problems(config, sde, mesh, found: _Problems) -> None:
+  """``config.projection``: its network, step counts, schedule; and the sampler's eps."""
+  if not _projection_network_problems(config, found) and 'projection' not in config:
+    return
+  p = config.projection
+  steps = p.get('train_n_steps')
+  found.expect(steps is None or (len(steps) > 0 and all(
+      isinstance(n, int) and n >= 1 for n in steps)), 'projection.train_n_steps', steps,
+               'None (the sampler\'s N) or a non-empty tuple of integers >= 1')
+  _batch_problems('projection.training.batch_size', p.training.batch_size, mesh, found)
+  found.extend(schedule_problems(p.training, 'projection.training'))
+  if sde is not None:
+    from sde_jax import sampling  # pylint: disable=g-import-not-at-top
+    eps = sampling.config_fields(config, sde)['eps']
+    found.expect(0 < eps < sde.T, 'sampling.eps', eps,
+                 f'0 < eps < T = {sde.T} (the grid the projection is trained on)')

@@ -8,6 +8,7 @@ import jax
 from absl import logging
 
 from sde_jax import checkpoints, config_check, parallel, rng
+from sde_jax import projection as projection_lib
 from sde_jax import workdir as workdir_lib
 from sde_jax.evaluate.bpd import eval_bpd
 from sde_jax.evaluate.checkpoint_index import Checkpoint, CheckpointIndex, check_same_checkpoint
@@ -64,7 +65,10 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval',
   header = report_header(config, settings, eval_dir, config_name, net)
   score_model = ScoreModel.from_config(config)
   abstract = score_model.abstract_params()
-  programs = EvalPrograms(config, score_model, settings, batch, mesh)
+  projection = None
+  if settings.enable_sampling:  # its checkpoint is read once, before any checkpoint's work
+    projection = projection_lib.projection_if_used(config, workdir, score_model, mesh)
+  programs = EvalPrograms(config, score_model, settings, batch, mesh, projection)
   index = CheckpointIndex(workdir, settings.snapshot_freq)
   sample_key, eval_key = jax.random.key(config.seed), jax.random.key(config.seed + 1)
   logging.info('Evaluating checkpoints %d to %d of %s into %s: loss %s, bits/dim %s, %s.',

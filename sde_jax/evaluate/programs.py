@@ -23,9 +23,10 @@ class EvalPrograms:
   """
 
   def __init__(self, config, score_model: ScoreModel, settings: EvalSettings, batch: int,
-               mesh):
+               mesh, projection=None):
     self.config, self.score_model, self.settings, self.batch, self.mesh = (
         config, score_model, settings, batch, mesh)
+    self.projection = projection  # Predict-Project's network (sde_jax.projection), or None
     self.method = config.sampling.method.lower()
     self.sampler_name = sampling.describe_from_config(config)
 
@@ -54,4 +55,5 @@ class EvalPrograms:
     """``(key, params, first_index) -> (images in [0, 1], nfe)``: one round, split over devices,
     with the config's sampler; image i from ``fold_in(key, first_index + i)``
     (:func:`sde_jax.sampling.sharded.sharded_sampler`)."""
-    return sharded.sharded_sampler(self.config, self.score_model, self.batch, self.mesh)
+    return sharded.sharded_sampler(self.config, self.score_model, self.batch, self.mesh,
+                                   self.projection)

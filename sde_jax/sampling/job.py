@@ -8,6 +8,7 @@ from absl import logging
 from tqdm import tqdm
 
 from sde_jax import checkpoints, config_check, images, parallel, sampling, viz
+from sde_jax import projection as projection_lib
 from sde_jax import workdir as workdir_lib
 from sde_jax.sampling import sharded
 from sde_jax.score_model import ScoreModel
@@ -33,6 +34,8 @@ def sample(config, workdir: str, num_samples: int) -> str:
   Raises:
     ValueError: if ``num_samples < 1``, or for bad config values
       (:func:`sde_jax.config_check.check`, all of them named).
+    FileNotFoundError: with ``sampling.method='predict_project'``, if ``workdir/projection``
+      holds no projection network (``sde-jax train-projection``).
   """
   if num_samples < 1:
     raise ValueError(f'num_samples={num_samples} must be positive.')
@@ -40,8 +43,9 @@ def sample(config, workdir: str, num_samples: int) -> str:
   config_check.check(config, 'sample', mesh)  # every field, before the workdir is touched
   score_model = ScoreModel.from_config(config)
   params, step = checkpoints.restore_ema(workdir, score_model.abstract_params(), mesh)
+  projection = projection_lib.projection_if_used(config, workdir, score_model, mesh)
   batch = sharded.sample_batch_size(config, num_samples, mesh)
-  draw = sharded.sharded_sampler(config, score_model, batch, mesh)
+  draw = sharded.sharded_sampler(config, score_model, batch, mesh, projection)
   logging.info('Sampling %d images from checkpoint %d in batches of %d with %s.', num_samples,
                step, batch, sampling.describe_from_config(config))
   key, parts = jax.random.key(config.seed), []

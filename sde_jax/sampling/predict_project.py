@@ -44,18 +44,33 @@ def option_problems(n_steps: int | None, step_size: float) -> list[str]:
   return problems
 
 
-def projection_step(sde: SDE, score_fn, projection_fn, dt: float, step_size: float):
-  """One predict-project step without its noise: ``(x, t) -> (x_proj, g(t))``.
+def predict(sde: SDE, score_fn, x: Array, t: Array, dt: float | Array) -> tuple[Array, Array]:
+  """The predict step ``x_pred = x + (g(t)^2 s(x, t) - f(x, t)) dt`` and ``g(t)``.
 
-  ``x_pred = x + (g^2 s - f) dt``, ``x_proj = x_pred + step_size dt sqrt(g^2 / 2) T(x_pred, t)``
-  (this module's docstring), with ``score_fn(x, t)`` and ``projection_fn(x, t)`` bound. The
-  predict step is computed as the Euler-Maruyama predictor computes it, so that ``T = 0`` gives
-  its values bit for bit. The trainer (:mod:`sde_jax.projection`) calls this too.
+  Computed as the Euler-Maruyama predictor computes it, so that a zero projection gives its
+  values bit for bit; the projection's loss (:mod:`sde_jax.projection`) calls this too.
+
+  Args:
+    sde: the forward SDE.
+    score_fn: ``(x, t) -> score``, params bound.
+    x: the state, (B, ...).
+    t: its time, (B,).
+    dt: the step, a float or per example (B,) (the trainer mixes step counts).
+
+  Returns:
+    ``(x_pred, g(t))``.
   """
+  drift, diffusion = sde.reverse(score_fn).sde(x, t)
+  return x + batch_mul(-jnp.asarray(dt), drift), diffusion  # reverse drift over -dt
+
+
+def projection_step(sde: SDE, score_fn, projection_fn, dt: float, step_size: float):
+  """One predict-project step without its noise: ``(x, t) -> (x_proj, g(t))``, with
+  ``x_proj = x_pred + step_size dt sqrt(g^2 / 2) T(x_pred, t)`` (:func:`predict` gives
+  ``x_pred``), ``score_fn(x, t)`` and ``projection_fn(x, t)`` bound."""
 
   def step(x, t):
-    drift, diffusion = sde.reverse(score_fn).sde(x, t)
-    x_pred = x + drift * (-dt)  # the reverse SDE's drift, in forward time, over -dt
+    x_pred, diffusion = predict(sde, score_fn, x, t, dt)
     gain = step_size * dt * jnp.sqrt(diffusion**2 / 2)
     return x_pred + batch_mul(gain, projection_fn(x_pred, t)), diffusion
 

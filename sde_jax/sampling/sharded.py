@@ -11,7 +11,7 @@ from sde_jax.sampling import get_sampler_from_config
 from sde_jax.sampling.compile import Sampler
 
 
-def sharded_sampler(config, score_model, batch: int, mesh):
+def sharded_sampler(config, score_model, batch: int, mesh, projection=None):
   """The sampler the config names, jitted for a global batch split over ``mesh``.
 
   Args:
@@ -19,6 +19,9 @@ def sharded_sampler(config, score_model, batch: int, mesh):
     score_model: a :class:`sde_jax.score_model.ScoreModel`.
     batch: the global batch size (a multiple of ``mesh.size``).
     mesh: the device mesh.
+    projection: for ``sampling.method='predict_project'``, the trained projection network
+      (:func:`sde_jax.projection.restore_projection`); its params are an argument of the
+      program, as the score's are.
 
   Returns:
     ``draw(key, params, first_index) -> (images in [0, 1], nfe)``: example i uses
@@ -27,12 +30,24 @@ def sharded_sampler(config, score_model, batch: int, mesh):
     program). A non-finite state in the ODE or adaptive solver raises a FloatingPointError
     naming the examples (indices within the call) and the time.
   """
-  sampler = get_sampler_from_config(config, score_model.sde, (batch, *score_model.image_shape))
-  # The adaptive samplers' non-finite report leaves the program and is raised here, on every
-  # process alike (a raise inside a sharded program would leave the other devices waiting).
-  reporting = sampler.reporting if isinstance(sampler, Sampler) else (  # PC: fixed steps
-      lambda key, score_fn, params, z, first: (*sampler(key, score_fn, params, first),
-                                               nonfinite.no_report()))
+  name = config.sampling.method.lower()
+  shape = (batch, *score_model.image_shape)
+  if name == 'predict_project':
+    if projection is None:
+      raise ValueError("sampling.method='predict_project' needs the projection network "
+                       '(sde_jax.projection.restore_projection; sde-jax train-projection).')
+    sampler = get_sampler_from_config(config, score_model.sde, shape, projection_fn=projection.fn)
+    # Both networks' params ride in `params`: (score's, projection's).
+    reporting = lambda key, score_fn, params, z, first: (
+        *sampler(key, score_fn, *params, first), nonfinite.no_report())
+  else:
+    sampler = get_sampler_from_config(config, score_model.sde, shape)
+    # The adaptive samplers' non-finite report leaves the program and is raised here, on every
+    # process alike (a raise inside a sharded program would leave the other devices waiting).
+    reporting = sampler.reporting if isinstance(sampler, Sampler) else (  # PC: fixed steps
+        lambda key, score_fn, params, z, first: (*sampler(key, score_fn, params, first),
+                                                 nonfinite.no_report()))
+  extra = (projection.params,) if name == 'predict_project' else ()
 
   def draw(key, params, first_index):
     x, nfe, report = reporting(key, score_model.score_fn, params, None, first_index)
@@ -40,10 +55,9 @@ def sharded_sampler(config, score_model, batch: int, mesh):
 
   replicated = parallel.replicated(mesh)
   compiled = jax.jit(draw, out_shardings=(parallel.batch_sharding(mesh), replicated, replicated))
-  name = config.sampling.method.lower()
 
   def checked(key, params, first_index):
-    images, nfe, report = compiled(key, params, first_index)
+    images, nfe, report = compiled(key, (params, *extra) if extra else params, first_index)
     nonfinite.raise_if_any(report, name, batch)
     return images, nfe
 

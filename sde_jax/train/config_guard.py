@@ -21,6 +21,10 @@ SCHEDULE_ONLY = (
     *(f'classifier.training.{name}' for name in _SCHEDULE),
     'sampling', 'eval', 'controllable',  # read by sample / eval / inpaint ..., never by training
     'parallel',  # where parameters live; a checkpoint restores into any mesh
+    # The projection network's (sde-jax train-projection): its job guards it under another
+    # name (sde_jax.projection.job), since score training never reads it.
+    'projection',
+    'model.remat',  # what the backward pass recomputes; the same function of the same params
 )
 ALL = 'all'
 _ABSENT = '<absent>'
