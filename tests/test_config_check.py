@@ -42,7 +42,7 @@ CASES = {
         'train', DIGITS, dict(training=dict(snapshot_sampling=True),
                               sampling=dict(method='bogus')),
         ["sampling.method='bogus' is not known; expected one of ['adaptive_sde', "
-         "'dpm_solver++', 'heun', 'ode', 'pc']"]),
+         "'dpm_solver++', 'heun', 'ode', 'pc', 'predict_project']"]),
     'five at once': (
         'train', DIGITS, dict(training=dict(batch_size=0, log_freq=3, sde='vxsde'),
                               model=dict(name='unet'), data=dict(dataset='mnist')),
