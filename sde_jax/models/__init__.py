@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from sde_jax import sde as sde_lib
+from sde_jax.models import compute
 from sde_jax.models.ddpm import DDPM, ddpm_from_config
 from sde_jax.models.mlp import MLP
 from sde_jax.models.ncsnpp import NCSNpp
@@ -26,7 +27,7 @@ def _mlp(config):
   m = config.model
   return MLP(features=tuple(m.features), embedding_type=m.embedding_type,
              embedding_dim=m.embedding_dim, fourier_scale=m.fourier_scale,
-             scale_by_sigma=m.scale_by_sigma)
+             scale_by_sigma=m.scale_by_sigma, dtype=compute.options_from_config(m)['dtype'])
 
 
 _NCSNPP_FIELDS = ('nf', 'ch_mult', 'num_res_blocks', 'attn_resolutions', 'dropout',
@@ -51,7 +52,7 @@ def _ncsnpp(config):
   if kwargs['embedding_type'] == 'fourier' and not config.training.continuous:
     raise ValueError("model.embedding_type='fourier' needs training.continuous=True: its labels "
                      'are noise levels, not discrete indices.')
-  return NCSNpp(centered=config.data.centered, **kwargs)
+  return NCSNpp(centered=config.data.centered, **kwargs, **compute.options_from_config(m))
 
 
 def _flavoured(factory):

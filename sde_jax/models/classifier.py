@@ -14,12 +14,16 @@ training (:mod:`sde_jax.controllable.train_classifier`) and in sampling (:mod:`s
 
 from __future__ import annotations
 
+import functools
+from typing import Any, Optional
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_jax.models.layers import GaussianFourierProjection
+from sde_jax.models import compute
+from sde_jax.models.layers import GaussianFourierProjection, GroupNorm
 from sde_jax.sde import SDE
 
 Array = jax.Array
@@ -36,7 +40,7 @@ def _head_init(key, shape, dtype=jnp.float32):
 
 def _norm(x: Array, name: str, relu: bool = True) -> Array:
   """GroupNorm with ``min(C // 4, 32)`` groups and epsilon 1e-5, then ReLU."""
-  x = nn.GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-5, name=name)(x)
+  x = GroupNorm(num_groups=min(x.shape[-1] // 4, 32), epsilon=1e-5, name=name)(x)
   return nn.relu(x) if relu else x
 
 
@@ -64,11 +68,11 @@ class WideResnetBlock(nn.Module):
     else:
       h = _norm(x, 'init_bn')
     h = nn.Conv(self.channels, (3, 3), (self.stride, self.stride), padding='SAME',
-                use_bias=False, kernel_init=_conv_init, name='conv1')(h)
-    h += nn.Dense(self.channels)(nn.swish(temb))[:, None, None, :]
+                use_bias=False, kernel_init=_conv_init, name='conv1', dtype=h.dtype)(h)
+    h += nn.Dense(self.channels)(nn.swish(temb))[:, None, None, :].astype(h.dtype)
     h = _norm(h, 'bn_2')
     h = nn.Conv(self.channels, (3, 3), padding='SAME', use_bias=False, kernel_init=_conv_init,
-                name='conv2')(h)
+                name='conv2', dtype=h.dtype)(h)
     return _shortcut(h, x)
 
 
@@ -79,11 +83,13 @@ class WideResnetGroup(nn.Module):
   channels: int
   stride: int = 1
   activate_before_residual: bool = False
+  remat: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: Array, temb: Array) -> Array:
+    block = compute.remat_block(WideResnetBlock, self.remat)
     for i in range(self.blocks):
-      x = WideResnetBlock(self.channels, self.stride if i == 0 else 1,
+      x = block(self.channels, self.stride if i == 0 else 1,
                           self.activate_before_residual and i == 0)(x, temb)
     return x
 
@@ -97,6 +103,8 @@ class WideResNet(nn.Module):
     num_classes: number of logits.
     embedding_size: Fourier features of log sigma (the time embedding is 4x as wide).
     fourier_scale: std of the Fourier frequencies.
+    dtype: the compute dtype (:mod:`sde_jax.models.compute`); the logits are float32.
+    remat: None or a key of ``compute.REMAT_POLICIES``, applied to each residual block.
   """
 
   blocks_per_group: int = 4
@@ -104,6 +112,8 @@ class WideResNet(nn.Module):
   num_classes: int = 10
   embedding_size: int = 128
   fourier_scale: float = 16.0
+  dtype: Any = jnp.float32
+  remat: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: Array, noise_level: Array, train: bool = False) -> Array:
@@ -124,12 +134,13 @@ class WideResNet(nn.Module):
     temb = nn.Dense(4 * self.embedding_size)(nn.swish(temb))
     k = self.channel_multiplier
     h = nn.Conv(16, (3, 3), padding='SAME', use_bias=False, kernel_init=_conv_init,
-                name='init_conv')(x)
-    h = WideResnetGroup(self.blocks_per_group, 16 * k, activate_before_residual=True)(h, temb)
-    h = WideResnetGroup(self.blocks_per_group, 32 * k, 2)(h, temb)
-    h = WideResnetGroup(self.blocks_per_group, 64 * k, 2)(h, temb)
+                name='init_conv', dtype=self.dtype)(compute.cast_in(x, self.dtype))
+    group = functools.partial(WideResnetGroup, self.blocks_per_group, remat=self.remat)
+    h = group(16 * k, activate_before_residual=True)(h, temb)
+    h = group(32 * k, 2)(h, temb)
+    h = group(64 * k, 2)(h, temb)
     h = _norm(h, 'pre-pool-bn')
-    h = jnp.mean(h, axis=(1, 2))
+    h = jnp.mean(compute.cast_out(h), axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=_head_init)(h)
 
 
@@ -141,7 +152,8 @@ def wideresnet_from_config(config) -> WideResNet:
                     channel_multiplier=int(c.channel_multiplier),
                     num_classes=int(c.num_classes),
                     embedding_size=int(c.get('embedding_size', 128)),
-                    fourier_scale=float(c.get('fourier_scale', 16.0)))
+                    fourier_scale=float(c.get('fourier_scale', 16.0)),
+                    **compute.options_from_config(config.model))
 
 
 CLASSIFIERS = {'wideresnet': wideresnet_from_config}

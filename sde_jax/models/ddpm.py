@@ -8,12 +8,13 @@ checkpoints; :func:`torch_layout` maps them onto the PyTorch port's ``all_module
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sde_jax.models import compute
 from sde_jax.models.layers import (NIN, conv3x3, default_init, get_act, self_attention,
                                    timestep_embedding, ve_sigmas)
 from sde_jax.models.normalization import get_normalization
@@ -38,7 +39,8 @@ class ResnetBlockDDPM(nn.Module):
     out_ch = self.out_ch or x.shape[-1]
     h = conv3x3(self.act(self.normalize()(x)), out_ch)
     if temb is not None:
-      h = h + nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))[:, None, None, :]
+      temb_proj = nn.Dense(out_ch, kernel_init=default_init())(self.act(temb))
+      h = h + temb_proj[:, None, None, :].astype(h.dtype)  # float32 embedding, h's dtype
     h = self.act(self.normalize()(h))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = conv3x3(h, out_ch, init_scale=0.0)
@@ -109,6 +111,8 @@ class DDPM(nn.Module):
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   num_scales: int = 1000
+  dtype: Any = jnp.float32  # compute dtype (sde_jax.models.compute)
+  remat: Optional[str] = None  # None or a key of compute.REMAT_POLICIES
 
   def _temb(self, labels: Array, act: Callable) -> Optional[Array]:
     if not self.conditional:
@@ -120,11 +124,13 @@ class DDPM(nn.Module):
   def __call__(self, x: Array, labels: Array, train: bool = True) -> Array:
     act = get_act(self.nonlinearity)
     normalize = get_normalization(self.normalization)
-    resnet = functools.partial(ResnetBlockDDPM, act=act, normalize=normalize, dropout=self.dropout)
-    attn = functools.partial(AttnBlock, normalize=normalize)
+    # ``train`` is the blocks' __call__ argument 3 (after self, x, temb), kept static.
+    resnet = functools.partial(compute.remat_block(ResnetBlockDDPM, self.remat, (3,)), act=act,
+                               normalize=normalize, dropout=self.dropout)
+    attn = functools.partial(compute.remat_block(AttnBlock, self.remat), normalize=normalize)
     temb = self._temb(labels, act)
     n_levels = len(self.ch_mult)
-    h = x if self.centered else 2 * x - 1.0
+    h = compute.cast_in(x if self.centered else 2 * x - 1.0, self.dtype)
 
     # Downsampling path; ``hs`` keeps every output for the skip connections.
     hs = [conv3x3(h, self.nf)]
@@ -151,7 +157,7 @@ class DDPM(nn.Module):
         h = Upsample(with_conv=self.resamp_with_conv)(h)
     assert not hs
 
-    h = conv3x3(act(normalize()(h)), x.shape[-1], init_scale=0.0)
+    h = compute.cast_out(conv3x3(act(normalize()(h)), x.shape[-1], init_scale=0.0))
     if self.scale_by_sigma:
       sigmas = jnp.asarray(ve_sigmas(self.sigma_min, self.sigma_max, self.num_scales))
       h = h / sigmas[labels.astype(jnp.int32)].reshape((-1, 1, 1, 1))
@@ -172,7 +178,8 @@ def ddpm_from_config(config, flavour: str = 'jax') -> DDPM:
               resamp_with_conv=m.resamp_with_conv, conditional=m.conditional,
               centered=config.data.centered, nonlinearity=m.nonlinearity,
               normalization=m.normalization, scale_by_sigma=m.scale_by_sigma,
-              sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales)
+              sigma_min=m.sigma_min, sigma_max=m.sigma_max, num_scales=m.num_scales,
+              **compute.options_from_config(m))
 
 
 # ---------------------------------------------------------------------------------------------

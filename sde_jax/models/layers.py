@@ -106,11 +106,12 @@ def conv(x: jax.Array, features: int, kernel: int = 3, stride: int = 1, bias: bo
       (a near-zero output layer, see :func:`default_init`).
 
   Returns:
-    Shape ``(B, ceil(H / stride), ceil(W / stride), features)``.
+    Shape ``(B, ceil(H / stride), ceil(W / stride), features)``, in the dtype of ``x`` (the
+    float32 kernel is cast per use; :mod:`sde_jax.models.compute`).
   """
   return nn.Conv(features, kernel_size=(kernel, kernel), strides=(stride, stride), padding='SAME',
                  use_bias=bias, kernel_init=default_init(init_scale),
-                 bias_init=nn.initializers.zeros)(x)
+                 bias_init=nn.initializers.zeros, dtype=x.dtype)(x)
 
 
 conv3x3 = functools.partial(conv, kernel=3)
@@ -118,7 +119,8 @@ conv1x1 = functools.partial(conv, kernel=1)
 
 
 class NIN(nn.Module):
-  """Network-in-network: a dense layer over the channel axis, ``y = x W + b``."""
+  """Network-in-network: a dense layer over the channel axis, ``y = x W + b``, computed in the
+  dtype of ``x``."""
 
   num_units: int
   init_scale: float = 0.1
@@ -127,6 +129,7 @@ class NIN(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     w = self.param('W', default_init(self.init_scale), (x.shape[-1], self.num_units), jnp.float32)
     b = self.param('b', nn.initializers.zeros, (self.num_units,), jnp.float32)
+    w, b = w.astype(x.dtype), b.astype(x.dtype)
     return jnp.tensordot(x, w, axes=1) + b.reshape((1,) * (x.ndim - 1) + (-1,))
 
 
@@ -140,14 +143,26 @@ def self_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
   Returns:
     For each query position the softmax-weighted mean of ``v`` over all positions,
-    shape (B, H, W, C').
+    shape (B, H, W, C'), in the dtype of ``v``. The logits accumulate and the softmax runs in
+    float32 whatever the inputs' dtype; the weights are cast to ``v``'s dtype for the product.
   """
   b, h, w, c = q.shape
-  logits = jnp.einsum('bhwc,bHWc->bhwHW', q, k) * (c ** -0.5)
+  logits = jnp.einsum('bhwc,bHWc->bhwHW', q, k,
+                      preferred_element_type=jnp.float32) * (c ** -0.5)
   weights = jax.nn.softmax(logits.reshape(b, h, w, h * w), axis=-1).reshape(b, h, w, h, w)
-  return jnp.einsum('bhwHW,bHWc->bhwc', weights, v)
+  return jnp.einsum('bhwHW,bHWc->bhwc', weights.astype(v.dtype), v)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+class GroupNorm(nn.GroupNorm):
+  """flax's GroupNorm, computed in float32, whose output keeps the input's dtype.
+
+  The class name is flax's, so parameters keep their ``GroupNorm_k`` names.
+  """
+
+  def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
+    return super().__call__(x, *args, **kwargs).astype(x.dtype)
+
+
+def group_norm(channels: int) -> GroupNorm:
   """The networks' GroupNorm: ``min(C // 4, 32)`` groups, epsilon 1e-6."""
-  return nn.GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6)
+  return GroupNorm(num_groups=min(channels // 4, 32), epsilon=1e-6)

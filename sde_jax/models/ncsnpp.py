@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sde_jax.models import resample
+from sde_jax.models import compute, resample
 from sde_jax.models.layers import (NIN, GaussianFourierProjection, conv1x1, conv3x3,
                                    default_init, get_act, group_norm, self_attention,
                                    timestep_embedding, ve_sigmas)
@@ -109,7 +109,8 @@ def _conditioned_convs(x: Array, temb: Optional[Array], out_ch: int, act: Callab
   """The residual branch after its first activation: conv, + Dense(temb), norm, dropout, conv."""
   h = conv3x3(x, out_ch)
   if temb is not None:
-    h += nn.Dense(out_ch, kernel_init=default_init())(act(temb))[:, None, None, :]
+    # The time projection is computed from the float32 embedding, then joins h in h's dtype.
+    h += nn.Dense(out_ch, kernel_init=default_init())(act(temb))[:, None, None, :].astype(h.dtype)
   h = act(group_norm(out_ch)(h))
   h = nn.Dropout(dropout)(h, deterministic=not train)
   return conv3x3(h, out_ch, init_scale=init_scale)
@@ -204,6 +205,8 @@ class NCSNpp(nn.Module):
   sigma_min: float = 0.01
   sigma_max: float = 50.0
   num_scales: int = 1000
+  dtype: Any = jnp.float32  # compute dtype (sde_jax.models.compute)
+  remat: Optional[str] = None  # None or a key of compute.REMAT_POLICIES
 
   def __post_init__(self):
     for field, allowed in CHOICES.items():
@@ -231,14 +234,16 @@ class NCSNpp(nn.Module):
 
   def _blocks(self, act: Callable):
     """(ResnetBlock, AttnBlock) constructors with the shared settings bound."""
-    attn = functools.partial(AttnBlockpp, init_scale=self.init_scale,
-                             skip_rescale=self.skip_rescale)
     common = dict(act=act, dropout=self.dropout, init_scale=self.init_scale,
                   skip_rescale=self.skip_rescale)
+    attn = functools.partial(compute.remat_block(AttnBlockpp, self.remat),
+                             init_scale=self.init_scale, skip_rescale=self.skip_rescale)
+    # ``train`` is __call__'s argument 3 (after self, x, temb): a Python flag, kept static.
     if self.resblock_type == 'ddpm':
-      return functools.partial(ResnetBlockDDPMpp, **common), attn
-    return functools.partial(ResnetBlockBigGANpp, fir=self.fir, fir_kernel=self.fir_kernel,
-                             **common), attn
+      return functools.partial(compute.remat_block(ResnetBlockDDPMpp, self.remat, (3,)),
+                               **common), attn
+    return functools.partial(compute.remat_block(ResnetBlockBigGANpp, self.remat, (3,)),
+                             fir=self.fir, fir_kernel=self.fir_kernel, **common), attn
 
   def _output_conv(self, h: Array, act: Callable, channels: int, init_scale: float) -> Array:
     return conv3x3(act(group_norm(h.shape[-1])(h)), channels, init_scale=init_scale)
@@ -253,6 +258,7 @@ class NCSNpp(nn.Module):
     n_levels = len(self.ch_mult)
     if not self.centered:
       x = 2 * x - 1.0
+    x = compute.cast_in(x, self.dtype)
 
     # Downsampling path; ``hs`` keeps every output for the skip connections.
     input_pyramid = x
@@ -312,6 +318,7 @@ class NCSNpp(nn.Module):
       h = pyramid
     else:
       h = self._output_conv(h, act, channels, self.init_scale)
+    h = compute.cast_out(h)
     if self.scale_by_sigma:
       h = h / used_sigmas.reshape((-1, 1, 1, 1))
     return h

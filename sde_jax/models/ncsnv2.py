@@ -19,12 +19,13 @@ builds the PyTorch network.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sde_jax.models import compute
 from sde_jax.models.layers import get_act, ve_sigmas
 from sde_jax.models.ncsnv2_layers import (ConditionalResidualBlock, CondRefineBlock, RefineBlock,
                                           ResidualBlock, ncsn_conv)
@@ -85,6 +86,8 @@ class NCSNv2(nn.Module):
   sigma_max: float = 50.0
   num_scales: int = 1000
   flavour: str = 'jax'
+  dtype: Any = jnp.float32  # compute dtype (sde_jax.models.compute)
+  remat: Optional[str] = None  # None or a key of compute.REMAT_POLICIES
 
   def __post_init__(self):
     if self.flavour not in FLAVOURS:
@@ -102,8 +105,9 @@ class NCSNv2(nn.Module):
     norm = get_normalization(self.normalization, self.conditional, self.num_scales,
                              self.flavour)
     cond = (labels,) if self.conditional else ()
-    block = ConditionalResidualBlock if self.conditional else ResidualBlock
-    h = ncsn_conv(x if self.centered else 2 * x - 1.0, self.nf)
+    block = compute.remat_block(ConditionalResidualBlock if self.conditional else ResidualBlock,
+                                self.remat)
+    h = ncsn_conv(compute.cast_in(x if self.centered else 2 * x - 1.0, self.dtype), self.nf)
 
     layers = []
     for stage, (mult, dilation) in enumerate(zip(self.ch_mult, self.dilations)):
@@ -112,15 +116,15 @@ class NCSNv2(nn.Module):
       h = block(self.nf * mult, norm, None, act, dilation)(h, *cond)
       layers.append(h)
 
-    refine = (functools.partial(CondRefineBlock, normalizer=norm) if self.conditional
-              else RefineBlock)
+    refine = (functools.partial(compute.remat_block(CondRefineBlock, self.remat), normalizer=norm)
+              if self.conditional else compute.remat_block(RefineBlock, self.remat))
     h = None
     for i, (layer, mult) in enumerate(zip(reversed(layers), self.refine_mult)):
       xs = [layer] if h is None else [layer, h]
       h = refine(layer.shape[1:3], self.nf * mult, act=act, interpolation=self.interpolation,
                  start=i == 0, end=i == len(layers) - 1, flavour=self.flavour)(xs, *cond)
 
-    h = ncsn_conv(act(norm()(h, *cond)), x.shape[-1])
+    h = compute.cast_out(ncsn_conv(act(norm()(h, *cond)), x.shape[-1]))
     if self.scale_by_sigma:
       sigmas = jnp.asarray(ve_sigmas(self.sigma_min, self.sigma_max, self.num_scales))
       h = h / sigmas[labels.astype(jnp.int32)].reshape((-1, 1, 1, 1))
@@ -142,4 +146,5 @@ def ncsnv2_from_config(config, flavour: str = 'jax') -> NCSNv2:
   return NCSNv2(nf=m.nf, normalization=m.normalization, nonlinearity=m.nonlinearity,
                 interpolation=m.interpolation, centered=config.data.centered,
                 scale_by_sigma=m.scale_by_sigma, sigma_min=m.sigma_min, sigma_max=m.sigma_max,
-                num_scales=m.num_scales, flavour=flavour, **architectures[m.name])
+                num_scales=m.num_scales, flavour=flavour, **architectures[m.name],
+                **compute.options_from_config(m))

@@ -44,12 +44,13 @@ def ncsn_conv(x: Array, features: int, kernel: int = 3, bias: bool = True, dilat
     init_scale: the scale of the initialisation (0 is taken as 1e-10).
 
   Returns:
-    NHWC, ``features`` channels, the spatial size of ``x``.
+    NHWC, ``features`` channels, the spatial size and dtype of ``x``.
   """
   init_scale = 1e-10 if init_scale == 0 else init_scale
   init = _torch_uniform(init_scale, kernel * kernel * x.shape[-1])
   return nn.Conv(features, kernel_size=(kernel, kernel), padding='SAME', use_bias=bias,
-                 kernel_dilation=(dilation, dilation), kernel_init=init, bias_init=init)(x)
+                 kernel_dilation=(dilation, dilation), kernel_init=init, bias_init=init,
+                 dtype=x.dtype)(x)
 
 
 def resize_bilinear(x: Array, shape: Sequence[int], flavour: str) -> Array:
@@ -77,7 +78,7 @@ def resize_bilinear(x: Array, shape: Sequence[int], flavour: str) -> Array:
     hi = np.minimum(lo + 1, n_in - 1)
     frac_shape = [1] * x.ndim
     frac_shape[axis] = n_out
-    frac = (src - lo).astype(np.float32).reshape(frac_shape)
+    frac = jnp.asarray((src - lo).reshape(frac_shape), x.dtype)  # keeps x's dtype
     x_lo, x_hi = jnp.take(x, lo, axis=axis), jnp.take(x, hi, axis=axis)
     x = x_lo + (x_hi - x_lo) * frac
   return x
@@ -93,7 +94,8 @@ class ConvMeanPool(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     k = self.kernel_size
-    h = nn.Conv(self.output_dim, kernel_size=(k, k), padding='SAME', use_bias=self.biases)(x)
+    h = nn.Conv(self.output_dim, kernel_size=(k, k), padding='SAME', use_bias=self.biases,
+                dtype=x.dtype)(x)
     return (h[:, ::2, ::2] + h[:, 1::2, ::2] + h[:, ::2, 1::2] + h[:, 1::2, 1::2]) / 4.0
 
 

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sde_jax.models.layers import GroupNorm
+
 Array = jax.Array
 EPS = 1e-5
 
@@ -30,6 +32,11 @@ EPS = 1e-5
 def _near_one(key, shape, dtype=jnp.float32):
   """N(1, 0.02^2), the initial scales of the original normalisations."""
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def _f32(x: Array) -> Array:
+  """Normalisations compute in float32 whatever the network's dtype; they return the input's."""
+  return x.astype(jnp.float32)
 
 
 def _instance_normalise(x: Array) -> Array:
@@ -55,10 +62,10 @@ class InstanceNorm2d(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     shape = (1, 1, 1, x.shape[-1])
-    h = _instance_normalise(x) * self.param('scale', nn.initializers.ones, shape)
+    h = _instance_normalise(_f32(x)) * self.param('scale', nn.initializers.ones, shape)
     if self.bias:
       h = h + self.param('bias', nn.initializers.zeros, shape)
-    return h
+    return h.astype(x.dtype)
 
 
 class VarianceNorm2d(nn.Module):
@@ -73,11 +80,12 @@ class VarianceNorm2d(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     shape = (1, 1, 1, x.shape[-1])
-    h = x / jnp.sqrt(jnp.var(x, axis=(1, 2), keepdims=True, ddof=self.ddof) + EPS)
+    x32 = _f32(x)
+    h = x32 / jnp.sqrt(jnp.var(x32, axis=(1, 2), keepdims=True, ddof=self.ddof) + EPS)
     h = h * self.param('scale', _near_one, shape)
     if self.bias:
       h = h + self.param('bias', nn.initializers.zeros, shape)
-    return h
+    return h.astype(x.dtype)
 
 
 class InstanceNorm2dPlus(nn.Module):
@@ -89,12 +97,13 @@ class InstanceNorm2dPlus(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     shape = (1, 1, 1, x.shape[-1])
-    h = _instance_normalise(x)
-    h = h + _standardised_means(x, self.ddof) * self.param('alpha', _near_one, shape)
+    x32 = _f32(x)
+    h = _instance_normalise(x32)
+    h = h + _standardised_means(x32, self.ddof) * self.param('alpha', _near_one, shape)
     h = h * self.param('gamma', _near_one, shape)
     if self.bias:
       h = h + self.param('beta', nn.initializers.zeros, shape)
-    return h
+    return h.astype(x.dtype)
 
 
 class ConditionalInstanceNorm2dPlus(nn.Module):
@@ -121,9 +130,10 @@ class ConditionalInstanceNorm2dPlus(nn.Module):
     table = nn.Embed(self.num_classes, (3 if self.bias else 2) * c, embedding_init=init)
     coeffs = table(y.astype(jnp.int32))[:, None, None, :]
     gamma, alpha = coeffs[..., :c], coeffs[..., c:2 * c]
-    h = _instance_normalise(x) + _standardised_means(x, self.ddof) * alpha
+    x32 = _f32(x)
+    h = _instance_normalise(x32) + _standardised_means(x32, self.ddof) * alpha
     h = gamma * h
-    return h + coeffs[..., 2 * c:] if self.bias else h
+    return (h + coeffs[..., 2 * c:] if self.bias else h).astype(x.dtype)
 
 
 NORMALIZATIONS = {
@@ -131,7 +141,7 @@ NORMALIZATIONS = {
     'InstanceNorm++': InstanceNorm2dPlus,
     'VarianceNorm': VarianceNorm2d,
     # The original passes flax's GroupNorm with its defaults: 32 groups, epsilon 1e-6.
-    'GroupNorm': functools.partial(nn.GroupNorm, num_groups=32, epsilon=1e-6),
+    'GroupNorm': functools.partial(GroupNorm, num_groups=32, epsilon=1e-6),
 }
 
 

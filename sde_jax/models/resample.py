@@ -180,7 +180,8 @@ class Conv2d(nn.Module):
     if self.kernel < 1 or self.kernel % 2 != 1:
       raise ValueError(f'Conv2d: kernel must be a positive odd size; got {self.kernel}.')
     w = self.param('weight', default_init(),
-                   (self.kernel, self.kernel, x.shape[-1], self.features), jnp.float32)
+                   (self.kernel, self.kernel, x.shape[-1], self.features),
+                   jnp.float32).astype(x.dtype)  # computed in the input's dtype
     if self.up:
       x = upsample_conv_2d(x, w, self.resample_kernel)
     elif self.down:
@@ -190,5 +191,5 @@ class Conv2d(nn.Module):
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     if self.use_bias:
       bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
-      x = x + bias.reshape(1, 1, 1, -1)
+      x = x + bias.reshape(1, 1, 1, -1).astype(x.dtype)
     return x
