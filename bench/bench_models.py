@@ -13,6 +13,7 @@ forward+backward). Prints a markdown table for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import pathlib
 import statistics
@@ -36,6 +37,46 @@ def load_config(relative: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def _parse(text: str, current, name: str):
+  """``text`` as a value of ``current``'s type (the rule of ``--config.a.b=v`` flags)."""
+  if isinstance(current, bool):
+    if text.lower() not in ('true', 'false', '1', '0'):
+      raise ValueError(f'--set {name}={text}: expected a bool (true / false).')
+    return text.lower() in ('true', '1')
+  if isinstance(current, (int, float)):
+    try:
+      return type(current)(ast.literal_eval(text))
+    except (ValueError, SyntaxError, TypeError):
+      raise ValueError(f'--set {name}={text}: expected a {type(current).__name__}.') from None
+  if isinstance(current, (tuple, list)):
+    return tuple(ast.literal_eval(text))
+  return text  # strings and placeholders
+
+
+def apply_sets(config, items) -> list[str]:
+  """Applies ``FIELD=VALUE`` overrides (``model.dtype=bfloat16``) to ``config``, each value
+  parsed as the field's current type; returns them for the report.
+
+  Raises:
+    ValueError: for an item without ``=`` or a field the config does not have (its section's
+      fields are listed).
+  """
+  for item in items:
+    name, sep, text = item.partition('=')
+    if not sep:
+      raise ValueError(f'--set {item!r}: expected FIELD=VALUE, e.g. model.dtype=bfloat16.')
+    *sections, field = name.split('.')
+    node = config
+    for i, section in enumerate(sections):
+      if section not in node:
+        raise ValueError(f'--set {name}: the config has no section {".".join(sections[:i + 1])!r}.')
+      node = node[section]
+    if field not in node:
+      raise ValueError(f'--set {name}: no field {field!r} there; fields: {sorted(node)}.')
+    node[field] = _parse(text, node[field], name)
+  return list(items)
 
 
 def timed(fn, repeats: int) -> float:

@@ -3,6 +3,8 @@ runs several steps) and the eval split, each process reading only its own part."
 
 from __future__ import annotations
 
+import queue
+import threading
 from typing import Iterator
 
 import jax
@@ -38,6 +40,70 @@ def stacked_batches(config, per_process: int, n_steps: int, start_step: int, mes
     parts = [next(it) for _ in range(n_steps)]
     yield {k: jax.make_array_from_process_local_data(sharding, np.stack([p[k] for p in parts]))
            for k in keys}
+
+
+class Prefetch:
+  """Draws the items of an iterator ahead on a background thread, at most ``depth`` of them.
+
+  For the training loop: the next global batch is read, stacked and sent to the devices
+  (``jax.make_array_from_process_local_data`` starts the transfer) while the current compiled
+  step runs, so neither the host pipeline nor the transfer waits for the loop. The order is the
+  iterator's. An exception raised by the iterator is raised again by the ``next`` call that
+  would have returned its item; :meth:`close` stops the thread (the loop calls it on exit,
+  also after a preemption or an error).
+  """
+
+  _DONE = object()
+
+  def __init__(self, iterator: Iterator, depth: int = 2):
+    if depth < 1:
+      raise ValueError(f'Prefetch depth={depth}; expected at least 1.')
+    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._fill, args=(iterator,), daemon=True,
+                                    name='sde-jax-prefetch')
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _fill(self, iterator: Iterator) -> None:
+    try:
+      for item in iterator:
+        if not self._put((item, None)):
+          return
+    except BaseException as error:  # pylint: disable=broad-except  (re-raised by __next__)
+      self._put((None, error))
+      return
+    self._put((self._DONE, None))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    item, error = self._queue.get()
+    if error is not None:
+      raise error
+    if item is self._DONE:
+      raise StopIteration
+    return item
+
+  def close(self) -> None:
+    """Stops the thread (it finishes the item it is drawing) and drops what it had drawn."""
+    self._stop.set()
+    self._thread.join()
+    while not self._queue.empty():
+      self._queue.get_nowait()
+
+  @property
+  def alive(self) -> bool:
+    return self._thread.is_alive()
 
 
 def eval_batches(config, per_process: int, mesh) -> Iterator[dict]:
