@@ -12,6 +12,8 @@ a stated global batch over all local devices. Reports
   ``model.dtype`` is (the convention of MFU figures). A scan that stays a loop (GPU, TPU with
   ``n_jitted_steps > 1``) is costed by XLA as one trip, so FLOPs are reported only for
   ``n_jitted_steps = 1`` or an unrolled (CPU) step;
+* backward residuals: what the loss's forward pass keeps for its backward pass
+  (:func:`residual_bytes`), the memory that ``model.remat`` trades for recomputation;
 * memory: the device allocator's ``peak_bytes_in_use`` where the backend reports it (GPU,
   TPU), and XLA's own accounting of the compiled step (arguments + outputs + temporaries - aliased
   donations) on every backend, so CPU runs report a figure too.
@@ -83,6 +85,25 @@ def step_flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
+def residual_bytes(job, config, batch: int) -> int:
+  """Bytes the forward pass of the loss keeps for the backward pass (per step, whole batch).
+
+  The leaves of ``jax.vjp``'s backward function, found by ``jax.eval_shape`` (nothing is
+  computed or compiled): activations, plus the parameters that the backward pass reads. This
+  is what remat changes, on any backend; XLA:CPU's scheduler does not turn it into a smaller
+  compiled step (jax-ml/jax#19822), a GPU's or TPU's does.
+  """
+  loss = job.loss_fn(config, train=True)
+  images = jax.ShapeDtypeStruct((batch, *job.image_shape), np.float32)
+  params = job.abstract_params()
+
+  def backward(p, x):
+    return jax.vjp(lambda q: loss(q, jax.random.key(0), x)[0], p)[1]
+
+  tree = jax.eval_shape(backward, params, images)
+  return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(tree))
+
+
 def bench_config(relative: str, batch: int, n_jitted_steps: int, calls: int,
                  sets=(), memory_only: bool = False) -> dict:
   config = load_config(relative)
@@ -111,6 +132,7 @@ def bench_config(relative: str, batch: int, n_jitted_steps: int, calls: int,
             'devices': mesh.devices.size, 'batch': batch, 'n_jitted_steps': n_jitted_steps,
             'params_m': checkpoints.num_params(state.params) / 1e6, 'compile_s': compile_s,
             'xla_bytes': xla_bytes, 'flops_per_image': flops_per_image,
+            'residual_bytes': residual_bytes(job, config, batch),
             'images_per_s': None, 'step_s': None, 'mfu': None, 'peak_device': None}
   if memory_only:
     return result
@@ -145,7 +167,7 @@ def markdown_row(r: dict) -> str:
   return (f"| {r['config']} | {sets} | {r['params_m']:.1f} | {r['compile_s']:.0f} | "
           f"{_fmt(r['images_per_s'], '.1f')} | {_fmt(r['flops_per_image'] and r['flops_per_image'] / 1e9, '.1f')} | "
           f"{_fmt(r['mfu'] and 100 * r['mfu'], '.1f')} | {gib(r['peak_device'])} | "
-          f"{gib(r['xla_bytes'])} |")
+          f"{gib(r['xla_bytes'])} | {gib(r['residual_bytes'])} |")
 
 
 def main():
@@ -168,8 +190,8 @@ def main():
           f'{platform.processor() or platform.machine()}, jax {jax.__version__}; global batch '
           f'{args.batch}, n_jitted_steps {args.n_jitted_steps}\n')
     print('| config | settings | params (M) | compile (s) | images/s | GFLOP / image | MFU (%) | '
-          'peak device memory (GiB) | XLA step memory (GiB) |')
-    print('|---|---|---:|---:|---:|---:|---:|---:|---:|')
+          'peak device memory (GiB) | XLA step memory (GiB) | backward residuals (GiB) |')
+    print('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|')
   for relative in args.configs:
     r = bench_config(relative, args.batch, args.n_jitted_steps, args.calls, args.set,
                      args.memory_only)

@@ -124,8 +124,12 @@ def test_what_runs_in_bfloat16(name):
   assert sum(d != ('bfloat16', 'bfloat16') for d in pixel_dots) <= 2 * len(
       [e for e in eqns if e.primitive.name == 'exp' and e.invars[0].aval.ndim > 2]), pixel_dots
   assert {str(g.dtype) for g in jax.tree_util.tree_leaves(grads)} == {'float32'}
-  config.model.dtype = 'float32'
-  eqns = list(_equations(_loss_jaxpr(config, shape)[0]))
+
+
+@pytest.mark.parametrize('name', ['ve_ncsnpp_continuous_tiny', 'torch_ncsn'])
+def test_float32_programs_hold_no_bfloat16(name):
+  config, _, x, _, _ = reference(name, dtype='float32')
+  eqns = list(_equations(_loss_jaxpr(config, (2, *x.shape[1:]))[0]))
   assert not [e for e in eqns for v in (*e.invars, *e.outvars)
               if str(getattr(v.aval, 'dtype', '')) == 'bfloat16']
 
@@ -170,7 +174,7 @@ def test_classifier_in_bfloat16_and_remat():
                                       'classifier': {'name': 'wideresnet', 'blocks_per_group': 1,
                                                      'channel_multiplier': 1,
                                                      'num_classes': 10}})
-  x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 3))
   sigmas = jnp.array([0.02, 1.0, 30.0])
   plain = classifier_lib.get_classifier(config)
   params = plain.init({'params': jax.random.key(1)}, x, sigmas)['params']
@@ -188,7 +192,7 @@ def test_bfloat16_training_loss_is_float32_and_close():
   """The loss of a bf16 network, and its gradients, are float32 and near float32's."""
   config, state, _, _, _ = reference('ve_ncsnpp_continuous_tiny')
   sde = sde_lib.from_config(config)
-  batch = jax.random.uniform(jax.random.key(3), (4, config.data.image_size,
+  batch = jax.random.uniform(jax.random.key(3), (2, config.data.image_size,
                                                  config.data.image_size, 3))
   values = {}
   for dtype in ('float32', 'bfloat16'):

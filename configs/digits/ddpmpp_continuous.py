@@ -15,4 +15,8 @@ def get_config():
   # confidently labelled vs 54% for Euler-Maruyama alone at the same steps.
   config.model.num_scales = 500
   config.sampling.update(predictor='reverse_diffusion', corrector='langevin')
+  # 2500 steps: the README's 10-minute budget on 2 CPU cores (measured 8:21 with the final
+  # samples; 68.8% of them confidently labelled, 10/10 classes, against 79.7% after 3000 steps
+  # in 10:12, docs/training.md).
+  config.training.update(n_iters=2500, snapshot_freq=2500)
   return config
