@@ -118,7 +118,9 @@ def test_sde_and_sampler_are_valid(rel):
   # get_sampler does not take would be a TypeError, a missing one an AttributeError).
   for method in SAMPLERS:
     config.sampling.method = method
-    assert callable(get_sampler_from_config(config, sde, (2, 8, 8, 2)))  # 128 dimensions
+    # Predict-Project also takes the projection network's function (not a config field).
+    extra = ({'projection_fn': lambda params, x, t: x} if method == 'predict_project' else {})
+    assert callable(get_sampler_from_config(config, sde, (2, 8, 8, 2), **extra))  # 128 dims
   assert isinstance(config.data.centered, bool)
 
 

@@ -142,9 +142,8 @@ def fit(config, trainer: Trainer, directory: str, mesh,
   train_step = state_lib.compile_train_step(state_lib.make_train_step(
       trainer.loss_fn, optimizer, float(trainer.ema_rate),
       state_lib.learning_rate_schedule(trainer.optim), unroll=on_cpu), shardings, mesh)
-  # Drawn ahead on a thread: the next batch is read and sent while the current step runs.
-  batches = global_batches.Prefetch(global_batches.stacked_batches(
-      config, per_process, tc.n_jitted_steps, step, mesh, keys=trainer.batch_keys))
+  batches = global_batches.stacked_batches(config, per_process, tc.n_jitted_steps, step, mesh,
+                                           keys=trainer.batch_keys)
   log = MetricLog(directory, tc.batch_size, last)
   logging.info('Training %s (%d parameters) from step %d to %d on a %s mesh, %d images per '
                'process per step.', trainer.name, meta['num_params'], step, last,
@@ -179,7 +178,6 @@ def fit(config, trainer: Trainer, directory: str, mesh,
           break
   finally:
     # A failure must leave the checkpoints written so far complete.
-    batches.close()
     manager.wait_until_finished()
     manager.close()
     log.close()
