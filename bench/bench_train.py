@@ -158,15 +158,17 @@ def bench_config(relative: str, batch: int, n_jitted_steps: int, calls: int,
   return result
 
 
-def _fmt(value, spec: str) -> str:
+def fmt(value, spec: str) -> str:
+  """``value`` formatted by ``spec``, or '-' when it was not measured (None)."""
   return '-' if value is None else format(value, spec)
 
 
 def markdown_row(r: dict) -> str:
   sets = ', '.join(s.split('.', 1)[-1] for s in r['sets']) or 'defaults'
+  gflop = r['flops_per_image'] and r['flops_per_image'] / 1e9
   return (f"| {r['config']} | {sets} | {r['params_m']:.1f} | {r['compile_s']:.0f} | "
-          f"{_fmt(r['images_per_s'], '.1f')} | {_fmt(r['flops_per_image'] and r['flops_per_image'] / 1e9, '.1f')} | "
-          f"{_fmt(r['mfu'] and 100 * r['mfu'], '.1f')} | {gib(r['peak_device'])} | "
+          f"{fmt(r['images_per_s'], '.1f')} | {fmt(gflop, '.1f')} | "
+          f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')} | {gib(r['peak_device'])} | "
           f"{gib(r['xla_bytes'])} | {gib(r['residual_bytes'])} |")
 
 

@@ -174,7 +174,7 @@ def train_rows(sizes: dict, budget: Budget) -> list[dict]:
 def markdown(rows: list[dict], header: str) -> str:
   lines = [header, '', '| part | config | settings | images/s | s/image | GFLOP/image | MFU (%) | '
            'compile (s) | NFE | note |', '|---|---|---|---:|---:|---:|---:|---:|---:|---|']
-  fmt = bench_train._fmt  # pylint: disable=protected-access
+  fmt = bench_train.fmt
   for r in rows:
     settings = ', '.join(s.split('.', 1)[-1] for s in r.get('sets', []))
     gflop = r.get('flops_per_image') and r['flops_per_image'] / 1e9

@@ -45,12 +45,11 @@ def stacked_batches(config, per_process: int, n_steps: int, start_step: int, mes
 class Prefetch:
   """Draws the items of an iterator ahead on a background thread, at most ``depth`` of them.
 
-  For the training loop: the next global batch is read, stacked and sent to the devices
-  (``jax.make_array_from_process_local_data`` starts the transfer) while the current compiled
-  step runs, so neither the host pipeline nor the transfer waits for the loop. The order is the
-  iterator's. An exception raised by the iterator is raised again by the ``next`` call that
-  would have returned its item; :meth:`close` stops the thread (the loop calls it on exit,
-  also after a preemption or an error).
+  Meant for the training loop (the next global batch read, stacked and sent to the devices
+  while the current step runs); not wired in yet: the loop's SIGTERM test then stopped calls
+  late (see docs/benchmarks.md). ``bench/bench_input.py`` uses it. The order is the iterator's.
+  An exception raised by the iterator is raised again by the ``next`` call that would have
+  returned its item; :meth:`close` stops the thread.
   """
 
   _DONE = object()

@@ -90,7 +90,7 @@ class WideResnetGroup(nn.Module):
     block = compute.remat_block(WideResnetBlock, self.remat)
     for i in range(self.blocks):
       x = block(self.channels, self.stride if i == 0 else 1,
-                          self.activate_before_residual and i == 0)(x, temb)
+                self.activate_before_residual and i == 0)(x, temb)
     return x
 
 
