@@ -184,12 +184,13 @@ def frechet(a, b):
 def digits(args):
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
   from sde_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  from sde_jax.projection import job as projection_job  # pylint: disable=g-import-not-at-top
+  from sde_jax.jobs import train as train_job  # pylint: disable=g-import-not-at-top
+  from sde_jax.jobs import train_projection as projection_job  # pylint: disable=g-import-not-at-top
   from sde_jax.score_model import ScoreModel  # pylint: disable=g-import-not-at-top
   config = digits_config(args)
   workdir = os.path.join(args.out, 'digits')
   t0 = time.time()
-  train.train_and_evaluate(config, workdir)
+  train_job.train_and_evaluate(config, workdir)
   t1 = time.time()
   projection_job.train_projection(config, workdir)
   t2 = time.time()

@@ -34,8 +34,12 @@ flags.DEFINE_string('folder', None, 'inpaint, colorize: a folder of PNG / JPEG i
                     'instead of the config\'s eval split.')
 
 
+# Each command imports its own job when it runs (deferred: a job brings TensorFlow, orbax or
+# scikit-learn, which the other commands, and --help, need not load).
+
+
 def _toy(config, workdir):
-  from sde_jax import toy
+  from sde_jax.jobs import toy
   toy.run_toy(config, workdir)
   print((workdir_lib.path(workdir) / 'report.md').read_text())
 
@@ -43,12 +47,12 @@ def _toy(config, workdir):
 def _import(config, workdir):
   if FLAGS.checkpoint is None:
     raise app.UsageError('sde-jax import needs --checkpoint PATH.')
-  from sde_jax import checkpoints
-  checkpoints.import_to_workdir(config, FLAGS.checkpoint, workdir)
+  from sde_jax.jobs import import_checkpoint
+  import_checkpoint.import_to_workdir(config, FLAGS.checkpoint, workdir)
 
 
 def _train(config, workdir):
-  from sde_jax import train
+  from sde_jax.jobs import train
   train.train_and_evaluate(config, workdir,
                            allow_config_change=tuple(FLAGS.allow_config_change))
 
@@ -56,45 +60,45 @@ def _train(config, workdir):
 def _sample(config, workdir):
   label = FLAGS['class'].value
   if label is not None:
-    from sde_jax import controllable
+    from sde_jax.jobs import controllable
     count = 16 if FLAGS.num_samples is None else FLAGS.num_samples
     path = controllable.class_job(config, workdir, label, num_samples=count)
     print(f'Wrote {count} samples of class {label} to {path}')
     return
   if FLAGS.num_samples is None:
     raise app.UsageError('sde-jax sample needs --num_samples N (or --class K).')
-  from sde_jax.sampling import job
-  path = job.sample(config, workdir, FLAGS.num_samples)
+  from sde_jax.jobs import sample
+  path = sample.sample(config, workdir, FLAGS.num_samples)
   print(f'Wrote {FLAGS.num_samples} samples to {path}')
 
 
 def _inpaint(config, workdir):
-  from sde_jax import controllable
+  from sde_jax.jobs import controllable
   path = controllable.inpaint_job(config, workdir, num_images=FLAGS.num_images,
                                   folder=FLAGS.folder)
   print(f'Wrote inputs, masks and inpainted images to {path}')
 
 
 def _colorize(config, workdir):
-  from sde_jax import controllable
+  from sde_jax.jobs import controllable
   path = controllable.colorize_job(config, workdir, num_images=FLAGS.num_images,
                                    folder=FLAGS.folder)
   print(f'Wrote inputs, gray images and colorized images to {path}')
 
 
 def _train_classifier(config, workdir):
-  from sde_jax.controllable import train_classifier
+  from sde_jax.jobs import train_classifier
   train_classifier.train_classifier(config, workdir,
                                     allow_config_change=tuple(FLAGS.allow_config_change))
 
 
 def _train_projection(config, workdir):
-  from sde_jax.projection import job
-  job.train_projection(config, workdir, allow_config_change=tuple(FLAGS.allow_config_change))
+  from sde_jax.jobs import train_projection
+  train_projection.train_projection(config, workdir, allow_config_change=tuple(FLAGS.allow_config_change))
 
 
 def _eval(config, workdir):
-  from sde_jax import evaluate
+  from sde_jax.jobs import evaluate
   evaluate.evaluate(config, workdir, eval_folder=FLAGS.eval_folder,
                     config_name=config_flags.get_config_filename(FLAGS['config']))
   path = workdir_lib.path(workdir) / FLAGS.eval_folder / 'report.md'
@@ -103,15 +107,15 @@ def _eval(config, workdir):
 
 
 def _fid_stats(config, workdir):
-  from sde_jax import evaluate
-  path = evaluate.dataset_stats(config, workdir)
+  from sde_jax.jobs import fid_stats
+  path = fid_stats.dataset_stats(config, workdir)
   print(f'Wrote the data set statistics to {path}')
 
 
 def _compare(config, workdir):
   del config  # reads the eval reports under --workdir only
-  from sde_jax import reproduce
-  print(reproduce.write_comparison(workdir))
+  from sde_jax.jobs import compare
+  print(compare.write_comparison(workdir))
 
 
 COMMANDS = {'toy': _toy, 'import': _import, 'train': _train, 'sample': _sample, 'eval': _eval,

@@ -18,7 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from sde_jax import rng
+from sde_jax import models, rng
 from sde_jax import sde as sde_lib
 from sde_jax.sde import batch_mul
 
@@ -218,8 +218,6 @@ def get_loss_fn(config, sde: sde_lib.SDE, model, train: bool = True) -> LossFn:
   Returns:
     ``loss_fn(params, key, batch) -> (loss, aux)`` with ``batch`` in model space.
   """
-  from sde_jax import models  # local: models import this package's SDEs
-
   tc = config.training
   continuous = bool(tc.continuous)
   score_fn = models.get_score_fn(sde, model, continuous=continuous, train=train)

@@ -17,7 +17,8 @@ import pytest
 from flax import traverse_util
 
 from sde_jax import controllable
-from sde_jax.controllable import train_classifier
+from sde_jax.controllable import classifier_loss
+from sde_jax.jobs import train_classifier
 from sde_jax import sde as sde_lib
 from sde_jax.models import classifier as classifier_lib
 from tests import helpers
@@ -137,7 +138,7 @@ class _LevelEcho(classifier_lib.WideResNet):
 def test_loss_feeds_the_sdes_noise_level(sde):
   """The classifier sees x_t of the SDE in use and its noise level s(t) / m(t), for VP too."""
   model = _LevelEcho(num_classes=3)
-  loss_fn = train_classifier.classifier_loss_fn(sde, model, lambda x: x, eps=1e-3)
+  loss_fn = classifier_loss.classifier_loss_fn(sde, model, lambda x: x, eps=1e-3)
   batch = {'image': jnp.zeros((4, 8, 8, 1)), 'label': jnp.arange(4) % 3}
   _, aux = loss_fn({'w': jnp.zeros(1)}, jax.random.key(0), batch)
   m, s = sde.marginal_prob(jnp.ones(4), aux['t'])

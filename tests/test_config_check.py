@@ -1,5 +1,5 @@
 """Bad config values stop every job before it creates its workdir or compiles anything, with one
-error that names every bad field, its value and what was expected (sde_jax/config_check.py).
+error that names every bad field, its value and what was expected (sde_jax/jobs/config_check.py).
 
 Each case calls the job function the ``sde-jax`` command calls, on the tiny digits config with
 the case's overrides, and checks the message, that ``tmp_path / 'w'`` was never created and that
@@ -9,9 +9,9 @@ XLA compiled nothing.
 import jax
 import pytest
 
-from sde_jax import checkpoints, config_check, controllable, evaluate, train
-from sde_jax.controllable import train_classifier
-from sde_jax.sampling import job as sampling_job
+from sde_jax.jobs import controllable, evaluate, fid_stats, import_checkpoint, config_check
+from sde_jax.jobs import sample as sampling_job
+from sde_jax.jobs import train, train_classifier
 from tests import helpers
 
 DIGITS = 'digits/ddpmpp_continuous.py'
@@ -25,8 +25,8 @@ JOBS = {
     'colorize': lambda config, workdir: controllable.colorize_job(config, workdir, num_images=2),
     'class': lambda config, workdir: controllable.class_job(config, workdir, 1, num_samples=2),
     'train-classifier': train_classifier.train_classifier,
-    'fid-stats': evaluate.dataset_stats,
-    'import': lambda config, workdir: checkpoints.import_to_workdir(config, '/no/such.pth',
+    'fid-stats': fid_stats.dataset_stats,
+    'import': lambda config, workdir: import_checkpoint.import_to_workdir(config, '/no/such.pth',
                                                                     workdir),
 }
 

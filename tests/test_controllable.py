@@ -26,6 +26,7 @@ import pytest
 
 from sde_jax import controllable, images, rng, sampling
 from sde_jax import sde as sde_lib
+from sde_jax.jobs import controllable as controllable_jobs
 from tests import gaussian
 from tests import helpers
 from tests.helpers import run_cli
@@ -684,14 +685,14 @@ def test_commands(tmp_path):
   assert 'Wrote 2 samples of class 7' in stdout
   # A second inpainting into the same folder (in this process) keeps the first one's files.
   config.controllable.method = 'tmpd'
-  controllable.inpaint_job(config, str(tmp_path), folder=folder, mask='center')
+  controllable_jobs.inpaint_job(config, str(tmp_path), folder=folder, mask='center')
   kept = list((tmp_path / 'controllable').glob('previous-*/inpaint-tmpd.npz'))
   assert len(kept) == 1 and kept[0].read_bytes() == first
   with pytest.raises(ValueError, match='labels'):
-    controllable.sample_class(config, str(tmp_path), [10])
+    controllable_jobs.sample_class(config, str(tmp_path), [10])
   config.sampling.method = 'heun'
   with pytest.raises(ValueError, match="sampling.method='heun'.*--config.sampling.method=pc"):
-    controllable.sample_class(config, str(tmp_path), [7])
+    controllable_jobs.sample_class(config, str(tmp_path), [7])
 
 
 def test_masks():

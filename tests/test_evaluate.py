@@ -25,7 +25,9 @@ import jax
 import numpy as np
 import pytest
 
-from sde_jax import checkpoints, evaluate, reproduce
+from sde_jax import checkpoints
+from sde_jax.jobs import compare as reproduce
+from sde_jax.jobs import evaluate, fid_stats, import_checkpoint
 from sde_jax import workdir as workdir_lib
 from sde_jax.evaluate import checkpoint_index
 from sde_jax.metrics import fid, inception
@@ -70,14 +72,14 @@ def files(tmp_path_factory, compilation_cache):
   stats = root / 'cifar10_stats.npz'
   config = parse_flags(config_flags_for(weights, stats))
   with mock_data():
-    assert evaluate.dataset_stats(config, str(root)) == str(stats)
+    assert fid_stats.dataset_stats(config, str(root)) == str(stats)
   return {'weights': weights, 'stats': stats, 'flags': config_flags_for(weights, stats)}
 
 
 def imported_workdir(path, checkpoint=CHECKPOINT):
   """``sde-jax import`` of ``checkpoint`` into ``path`` (the model fields are all it reads)."""
   config = parse_flags(config_flags_for('unused', 'unused'))
-  checkpoints.import_to_workdir(config, str(checkpoint), str(path))
+  import_checkpoint.import_to_workdir(config, str(checkpoint), str(path))
   return path
 
 
@@ -118,7 +120,7 @@ def test_fid_stats_match_a_direct_computation(files):
 def test_fid_stats_never_overwrite(files):
   config = parse_flags(files['flags'])
   with pytest.raises(FileExistsError, match='never overwritten'):
-    evaluate.dataset_stats(config, 'unused')
+    fid_stats.dataset_stats(config, 'unused')
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,7 +323,7 @@ def test_bpd_repeats_follow_the_original(files):
 
 
 def test_missing_weights_and_statistics_are_clear_errors(tmp_path, files):
-  """Found by the start-up check (sde_jax/config_check.py), before anything is written."""
+  """Found by the start-up check (sde_jax/jobs/config_check.py), before anything is written."""
   config = parse_flags(files['flags'])
   config.eval.inception_weights = None
   with pytest.raises(ValueError, match='eval.inception_weights=None.*pt_inception-2015-12-05'):

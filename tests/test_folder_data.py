@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sde_jax import config_check, data
+from sde_jax import data
+from sde_jax.jobs import config_check, fid_stats
+from sde_jax.jobs import train as train_job
 from sde_jax.data import folder_source, preprocess
 from tests import gcs_emulator, helpers
 
@@ -314,7 +316,6 @@ def test_train_and_fid_stats_from_command_line_flags(folder, tmp_path):
   """The jobs of ``sde-jax train`` (two steps) and ``sde-jax fid-stats`` on a folder, their
   config parsed from command-line flags as the CLI does (in this process: the CLI's own dispatch
   is tested in test_cli); fid-stats of a bad folder fails before its workdir exists."""
-  from sde_jax import evaluate, train  # pylint: disable=g-import-not-at-top
   from sde_jax.metrics import fid, inception  # pylint: disable=g-import-not-at-top
   root, written = folder
   weights = tmp_path / 'tiny_inception.npz'
@@ -327,9 +328,9 @@ def test_train_and_fid_stats_from_command_line_flags(folder, tmp_path):
       eval=dict(inception_weights=str(weights)))
   config = helpers.parse_flags(flags)
   workdir = str(tmp_path / 'run')
-  state = train.train_and_evaluate(config, workdir)
+  state = train_job.train_and_evaluate(config, workdir)
   assert int(state.step) == 2 and (tmp_path / 'run' / 'checkpoints' / '2').is_dir()
-  path = evaluate.dataset_stats(config, workdir)
+  path = fid_stats.dataset_stats(config, workdir)
   assert path.endswith(fid.stats_filename('folder', SIZE))
   stats = fid.load_stats(path)['pool_3']
   images = np.stack([written[r] for r in sorted(written)])
@@ -337,7 +338,7 @@ def test_train_and_fid_stats_from_command_line_flags(folder, tmp_path):
   np.testing.assert_allclose(_rows_sorted(stats), _rows_sorted(expected), rtol=1e-4, atol=1e-5)
   config = helpers.parse_flags(flags + [f'--config.data.path={tmp_path / "nothing"}'])
   with pytest.raises(ValueError, match='is not a folder'):
-    evaluate.dataset_stats(config, str(tmp_path / 'never'))
+    fid_stats.dataset_stats(config, str(tmp_path / 'never'))
   assert not (tmp_path / 'never').exists()
 
 

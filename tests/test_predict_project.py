@@ -302,8 +302,8 @@ def score_workdir(tmp_path_factory):
 
 def test_train_projection_then_sample(score_workdir):
   from sde_jax import checkpoints, projection, train  # pylint: disable=g-import-not-at-top
-  from sde_jax.projection import job as projection_job  # pylint: disable=g-import-not-at-top
-  from sde_jax.sampling import job  # pylint: disable=g-import-not-at-top
+  from sde_jax.jobs import sample as job  # pylint: disable=g-import-not-at-top
+  from sde_jax.jobs import train_projection as projection_job  # pylint: disable=g-import-not-at-top
   from sde_jax.score_model import ScoreModel  # pylint: disable=g-import-not-at-top
   from tests import helpers  # pylint: disable=g-import-not-at-top
   # The configs as `sde-jax train-projection` / `sample` parse them from the command line.
@@ -338,7 +338,7 @@ def test_train_projection_then_sample(score_workdir):
 
 
 def test_projection_jobs_say_what_is_missing(tmp_path):
-  from sde_jax import config_check  # pylint: disable=g-import-not-at-top
+  from sde_jax.jobs import config_check  # pylint: disable=g-import-not-at-top
   from tests import helpers  # pylint: disable=g-import-not-at-top
   empty = tmp_path / 'empty'
   empty.mkdir()

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from configs import toy_2d
-from sde_jax import toy
+from sde_jax.jobs import toy
 from sde_jax import workdir as workdir_lib
 
 

@@ -26,7 +26,9 @@ import pytest
 from sde_jax import checkpoints, parallel, train
 from sde_jax import data as data_lib
 from sde_jax.score_model import ScoreModel
-from sde_jax.train import job as train_job
+from sde_jax.jobs import import_checkpoint
+from sde_jax.jobs import sample as sample_job
+from sde_jax.jobs import train as train_job
 from sde_jax.train import state as train_state
 from tests import helpers
 from tests.helpers import subprocess_env
@@ -118,7 +120,7 @@ def reference(tmp_path_factory):
   with pytest.MonkeyPatch.context() as monkeypatch:
     monkeypatch.setattr(train_state, 'make_train_step', counted)
     monkeypatch.setattr(train_job.images_lib, 'to_uint8', recorded)
-    state = train.train_and_evaluate(tiny_config(snapshot_sampling=True), str(workdir))
+    state = train_job.train_and_evaluate(tiny_config(snapshot_sampling=True), str(workdir))
   return {'workdir': workdir, 'state': state, 'traces': len(traces), 'snapshots': snapshots}
 
 
@@ -188,7 +190,7 @@ def test_fsdp_trains_like_data_parallelism(reference, tmp_path, fsdp):
   32); every smaller one is whole on every device."""
   config = tiny_config(n_iters=8)
   config.parallel.fsdp = fsdp
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = train_job.train_and_evaluate(config, str(tmp_path))
   for tree in (state.params, state.params_ema, state.opt_state):
     leaves = jax.tree_util.tree_leaves(tree)
     assert [_ways_split(x) for x in leaves] == [fsdp if x.size >= 256 else 1 for x in leaves]
@@ -212,7 +214,7 @@ def test_fsdp_trains_like_data_parallelism(reference, tmp_path, fsdp):
 def _worker(workdir, n_iters, block_at):
   """The kill test's training process: hangs when asked for train batch ``block_at``."""
   hang_at_train_batch(block_at)
-  train.train_and_evaluate(tiny_config(n_iters=n_iters), workdir)
+  train_job.train_and_evaluate(tiny_config(n_iters=n_iters), workdir)
 
 
 def _wait_for_checkpoint(proc, workdir, step, timeout=240):
@@ -238,7 +240,7 @@ def test_killed_job_resumes_with_the_same_data_and_randomness(tmp_path, referenc
     proc.send_signal(signal.SIGKILL)
     proc.wait()
   assert max(steps_on_disk(workdir)) == 8  # older ones may await deletion
-  state = train.train_and_evaluate(tiny_config(), str(workdir))
+  state = train_job.train_and_evaluate(tiny_config(), str(workdir))
   expected = reference['state']
   assert int(state.step) == 12
   for field in ('params', 'params_ema', 'opt_state'):
@@ -258,7 +260,7 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path, monkeypatch):
   patch_train_batches(monkeypatch, sigterm_at_step_5)
   before = signal.getsignal(signal.SIGTERM)
   config = tiny_config(n_iters=16, snapshot_freq_for_preemption=4, keep_last=2, snapshot_freq=16)
-  state = train.train_and_evaluate(config, str(tmp_path))
+  state = train_job.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 6
   assert steps_on_disk(tmp_path) == [4, 6]
   saved = restore_trained(tmp_path)
@@ -304,7 +306,7 @@ def test_nan_stops_training_and_is_never_saved(tmp_path, monkeypatch):
   config = tiny_config(n_iters=16, log_freq=16, eval_freq=16, snapshot_freq=16,
                        snapshot_freq_for_preemption=4, keep_last=2)
   with pytest.raises(FloatingPointError, match='Non-finite loss nan at step 10'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train_job.train_and_evaluate(config, str(tmp_path))
   assert steps_on_disk(tmp_path) == [4, 8]
   saved = restore_trained(tmp_path)
   for item in ('params', 'params_ema', 'opt_state'):
@@ -329,7 +331,7 @@ def test_non_finite_parameters_are_refused(tmp_path):
 def test_batch_size_not_divisible_by_devices_is_a_start_up_error(tmp_path):
   with pytest.raises(ValueError, match='batch_size=12 is not divisible by the number of '
                                        'devices, 8'):
-    train.train_and_evaluate(tiny_config(batch_size=12), str(tmp_path))
+    train_job.train_and_evaluate(tiny_config(batch_size=12), str(tmp_path))
   assert not (tmp_path / 'checkpoints').exists()
 
 
@@ -338,21 +340,21 @@ def test_fsdp_must_divide_the_device_count(tmp_path):
   config.parallel.fsdp = 3
   with pytest.raises(ValueError, match='parallel.fsdp=3 must be a positive divisor of the number '
                                        'of devices, 8'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train_job.train_and_evaluate(config, str(tmp_path))
   assert not os.listdir(tmp_path)
 
 
 def test_periods_must_be_multiples_of_n_jitted_steps(tmp_path):
   with pytest.raises(ValueError, match='training.log_freq=3; expected a positive multiple of '
                                        'training.n_jitted_steps=2'):
-    train.train_and_evaluate(tiny_config(log_freq=3), str(tmp_path))
+    train_job.train_and_evaluate(tiny_config(log_freq=3), str(tmp_path))
 
 
 def test_imported_checkpoint_cannot_be_resumed(tmp_path):
   config = import_config()
-  checkpoints.import_to_workdir(config, str(PTH), str(tmp_path))
+  import_checkpoint.import_to_workdir(config, str(PTH), str(tmp_path))
   with pytest.raises(ValueError, match='holds no optimizer state'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train_job.train_and_evaluate(config, str(tmp_path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,12 +391,12 @@ def test_optimizer_warmup_clipping_and_decay():
 def test_sample_writes_npz_and_grid_and_does_not_depend_on_batch_size(reference):
   workdir = reference['workdir']
   config = tiny_config()
-  path = train.sample(config, str(workdir), 5)
+  path = sample_job.sample(config, str(workdir), 5)
   first = np.load(path)['samples']
   assert first.dtype == np.uint8 and first.shape == (5, 8, 8, 1)
   assert (workdir / 'samples' / 'grid.png').stat().st_size > 0
   config.eval.batch_size = 16
-  second = np.load(train.sample(config, str(workdir), 5))['samples']
+  second = np.load(sample_job.sample(config, str(workdir), 5))['samples']
   # Sample i comes from fold_in(key, i): the same images in batches of 8 or of 16.
   assert np.max(np.abs(first.astype(int) - second)) <= 1
   previous = [d for d in os.listdir(workdir / 'samples') if d.startswith('previous-')]
@@ -418,7 +420,7 @@ def import_config():
      'heun (nfe 3, churn 0.5)')])
 def test_sample_command_reads_an_imported_checkpoint(tmp_path, compilation_cache, sampler,
                                                       described):
-  checkpoints.import_to_workdir(import_config(), str(PTH), str(tmp_path))
+  import_checkpoint.import_to_workdir(import_config(), str(PTH), str(tmp_path))
   cmd = [sys.executable, '-m', 'sde_jax.cli', 'sample',
          *helpers.reference_flags(**IMPORT_OVERRIDES), '--workdir', str(tmp_path),
          '--num_samples', '3', *sampler]
@@ -447,7 +449,7 @@ def test_one_step_under_tfds_mock_data(tmp_path, relative):
       training=dict(n_iters=1, n_jitted_steps=1, log_freq=1, eval_freq=1, snapshot_freq=1,
                     snapshot_freq_for_preemption=1))
   with tfds.testing.mock_data(num_examples=16):
-    state = train.train_and_evaluate(config, str(tmp_path))
+    state = train_job.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 1 and steps_on_disk(tmp_path) == [1]
   assert os.listdir(tmp_path / 'tensorboard')
 
@@ -463,15 +465,15 @@ def test_digits_snapshots_are_judged_and_other_data_sets_are_not(tmp_path):
   real = (np.repeat(np.repeat(real, 2, axis=1), 2, axis=2)[..., None] * 255).astype(np.uint8)
   noise = np.random.default_rng(0).integers(0, 256, real.shape).astype(np.uint8)
   config = tiny_config()
-  good = train.judge_samples(config, real, str(tmp_path), 100)
-  bad = train.judge_samples(config, noise, str(tmp_path), 200)
+  good = train_job.judge_samples(config, real, str(tmp_path), 100)
+  bad = train_job.judge_samples(config, noise, str(tmp_path), 200)
   table = (tmp_path / 'samples' / 'quality.md').read_text().splitlines()
   assert table[-2:] == [good, bad]
   confident = [float(row.split('|')[3].strip().rstrip('%')) for row in (good, bad)]
   assert confident[0] > 60 and confident[1] < 10
   assert good.split('|')[5].strip() == '10/10'
   config.data.dataset = 'CIFAR10'
-  assert train.judge_samples(config, real, str(tmp_path), 300) is None
+  assert train_job.judge_samples(config, real, str(tmp_path), 300) is None
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,14 +11,15 @@ One concept a file: ``errors`` (CheckpointError, config hints, tree checks), ``i
 ``original_flax`` (score_sde files), ``original_torch`` (score_sde_pytorch files and layouts),
 ``torch_pickle`` (the ``torch.save`` formats, read with numpy alone),
 ``storage`` (orbax), ``integrity`` (manifests of hashes, the newest intact step),
-``sealed_manager`` (orbax's manager writing them), ``import_job`` (``import_original``, what
-``sde-jax import`` runs).
+``sealed_manager`` (orbax's manager writing them), ``original`` (``import_original``: the
+template of a model's parameters and the file read into it; ``sde-jax import`` is
+:mod:`sde_jax.jobs.import_checkpoint`).
 """
 
 from sde_jax.checkpoints.errors import CheckpointError, check_tree, config_hint
 from sde_jax.checkpoints.integrity import DamagedCheckpointError
-from sde_jax.checkpoints.import_job import import_original, import_to_workdir, param_template
 from sde_jax.checkpoints.imported_state import ImportedState
+from sde_jax.checkpoints.original import import_original, param_template
 from sde_jax.checkpoints.original_flax import import_flax, read_flax
 from sde_jax.checkpoints.original_torch import (Layout, all_modules_layout, import_torch,
                                                 read_torch, to_flax_array,
@@ -31,7 +32,7 @@ from sde_jax.checkpoints.storage import (ITEMS, TRAIN_ITEMS, checkpoint_manager,
 __all__ = [
     'CheckpointError', 'DamagedCheckpointError', 'ITEMS', 'ImportedState', 'Layout',
     'TRAIN_ITEMS', 'all_modules_layout', 'check_tree', 'checkpoint_manager', 'config_hint',
-    'has_item', 'import_flax', 'import_original', 'import_to_workdir', 'import_torch',
+    'has_item', 'import_flax', 'import_original', 'import_torch',
     'intact_step', 'latest_step', 'num_params', 'on_one_device', 'param_template', 'read_flax',
     'read_torch', 'restore', 'restore_ema', 'restore_items', 'restore_meta', 'restore_params',
     'save_imported', 'save_items', 'to_flax_array', 'unused_time_projections',

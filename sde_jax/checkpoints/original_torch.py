@@ -19,6 +19,7 @@ from sde_jax.checkpoints import torch_pickle
 from sde_jax.checkpoints.errors import (CheckpointError, Path, check_tree, config_hint, path_name,
                                         require_keys)
 from sde_jax.checkpoints.imported_state import ImportedState, Params
+from sde_jax.models import ddpm, ncsnv2_torch_layout
 
 Layout = Callable[[list[Path], list[str]], dict[Path, Any]]
 _TORCH_LEAF = {'kernel': 'weight', 'scale': 'weight'}
@@ -169,8 +170,6 @@ def import_torch(path: str, template: Mapping[Path, Any], order: list[Path], lay
 
 def torch_layouts() -> dict[str, tuple[Layout, frozenset[str]]]:
   """Per model name: the PyTorch layout and the state_dict buffers that hold no parameter."""
-  from sde_jax.models import ddpm, ncsnv2_torch_layout  # pylint: disable=g-import-not-at-top
-
   def by_template(torch_layout):
     return lambda order, keys: torch_layout(
         traverse_util.unflatten_dict({p: 0 for p in order}), keys)

@@ -38,6 +38,8 @@ def checkpoint_manager(workdir: str | os.PathLike, *, keep_last: int | None = No
     An ``orbax.checkpoint.CheckpointManager`` whose saves write each step's manifest
     (:class:`~sde_jax.checkpoints.sealed_manager.SealedManager`); close it when done.
   """
+  # Deferred: orbax (and sealed_manager, which imports it) loads in seconds; the jobs that only
+  # read the originals' files or check a config do not need it.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from orbax.checkpoint import checkpoint_managers as policies  # pylint: disable=g-import-not-at-top
   from sde_jax.checkpoints import sealed_manager  # pylint: disable=g-import-not-at-top

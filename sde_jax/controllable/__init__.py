@@ -38,31 +38,30 @@ the unconditional PC sampler's samples.
 Modules: ``bases`` (the orthonormal bases), ``linear`` (the replacement rule and the samplers of
 linear measurements), ``tweedie`` (the Tweedie-moment guidance), ``gmres`` (its solver),
 ``class_guidance`` (class-conditional sampling), ``factory`` (samplers by task, options from a
-config), ``masks`` (inpainting masks), ``classifier_checkpoint`` (the trained classifier),
-``train_classifier`` (``sde-jax train-classifier``), ``jobs`` (``sde-jax inpaint | colorize |
-sample --class``).
+config), ``masks`` (inpainting masks), ``classifier_loss`` (the classifier's loss and accuracy on
+noisy data), ``classifier_checkpoint`` (the trained classifier). The jobs are
+:mod:`sde_jax.jobs.train_classifier` (``sde-jax train-classifier``) and
+:mod:`sde_jax.jobs.controllable` (``sde-jax inpaint | colorize | sample --class``).
 """
 
 from sde_jax.controllable.bases import BASES, GRAY_MATRIX, Basis, gray_mask
 from sde_jax.controllable.class_guidance import (LogitFn, get_logit_fn,
                                                  get_pc_conditional_sampler)
 from sde_jax.controllable.classifier_checkpoint import restore_classifier
+from sde_jax.controllable.classifier_loss import classifier_loss_fn, make_accuracy_fn
 from sde_jax.controllable.factory import (TASKS, get_controllable_sampler,
                                           get_controllable_sampler_from_config,
                                           options_from_config)
 from sde_jax.controllable.gmres import gmres
-from sde_jax.controllable.jobs import (OUTPUT_DIR, class_job, colorize_images, colorize_job,
-                                       inpaint_images, inpaint_job, load_images, sample_class)
 from sde_jax.controllable.linear import (METHODS, get_pc_colorizer, get_pc_inpainter,
                                          get_pc_linear_sampler)
 from sde_jax.controllable.masks import MASKS, make_mask
 from sde_jax.controllable.tweedie import tweedie_guidance
 from sde_jax.models.classifier import classifier_noise_level
 
-__all__ = ['BASES', 'GRAY_MATRIX', 'MASKS', 'METHODS', 'OUTPUT_DIR', 'TASKS', 'Basis', 'LogitFn',
-           'class_job', 'classifier_noise_level', 'colorize_images', 'colorize_job',
-           'get_controllable_sampler', 'get_controllable_sampler_from_config', 'get_logit_fn',
-           'get_pc_colorizer', 'get_pc_conditional_sampler', 'get_pc_inpainter',
-           'get_pc_linear_sampler', 'gmres', 'gray_mask', 'inpaint_images', 'inpaint_job',
-           'load_images', 'make_mask', 'options_from_config', 'restore_classifier', 'sample_class',
-           'tweedie_guidance']
+__all__ = ['BASES', 'GRAY_MATRIX', 'MASKS', 'METHODS', 'TASKS', 'Basis', 'LogitFn',
+           'classifier_loss_fn', 'classifier_noise_level', 'get_controllable_sampler',
+           'get_controllable_sampler_from_config', 'get_logit_fn', 'get_pc_colorizer',
+           'get_pc_conditional_sampler', 'get_pc_inpainter', 'get_pc_linear_sampler', 'gmres',
+           'gray_mask', 'make_accuracy_fn', 'make_mask', 'options_from_config',
+           'restore_classifier', 'tweedie_guidance']

@@ -1,8 +1,8 @@
-"""Evaluation jobs: eval loss, bits/dim, and samples scored with FID / IS / KID; data-set
+"""Evaluation: eval loss, bits/dim, and samples scored with FID / IS / KID; data-set
 statistics for FID. Resumable: every round's result is a file, and a restarted job skips the
 rounds whose file exists. See ``docs/evaluation.md``.
 
-``evaluate(config, workdir)`` (:mod:`~sde_jax.evaluate.job`) goes over the checkpoints
+``sde-jax eval`` (:func:`sde_jax.jobs.evaluate.evaluate`) goes over the checkpoints
 ``eval.begin_ckpt .. eval.end_ckpt`` of ``workdir``, waiting for those that do not exist yet, as
 the original's ``run_lib.evaluate`` does. Checkpoint numbers are the original's: checkpoint ``N``
 is the one of step ``N * training.snapshot_freq`` (a stored step ``s`` has number ``s //
@@ -26,17 +26,15 @@ mid-write leaves either the whole file or none.
 Modules: ``settings`` (what the job reads from the config, and the folder's record of it),
 ``checkpoint_index`` (checkpoint numbers, waiting),
 ``programs`` (the compiled programs), ``loss``, ``bpd``, ``samples`` (the stages),
-``inception_net`` (the Inception network and the data set's features), ``fid_stats``
-(``sde-jax fid-stats``), ``report`` (``report.md`` / ``report.json``), ``job`` (``sde-jax eval``).
+``inception_net`` (the Inception network and the data set's features), ``report``
+(``report.md`` / ``report.json``). The jobs that run them are :mod:`sde_jax.jobs.evaluate`
+(``sde-jax eval``) and :mod:`sde_jax.jobs.fid_stats` (``sde-jax fid-stats``).
 """
 
 from sde_jax.evaluate.checkpoint_index import (WAIT_SECONDS, Checkpoint, CheckpointIndex,
                                                check_same_checkpoint, checkpoint_number)
-from sde_jax.evaluate.fid_stats import dataset_stats, stats_paths
-from sde_jax.evaluate.job import evaluate
 from sde_jax.evaluate.programs import EvalPrograms
 from sde_jax.evaluate.settings import EvalSettings
 
 __all__ = ['WAIT_SECONDS', 'Checkpoint', 'CheckpointIndex', 'EvalPrograms', 'EvalSettings',
-           'check_same_checkpoint', 'checkpoint_number', 'dataset_stats', 'evaluate',
-           'stats_paths']
+           'check_same_checkpoint', 'checkpoint_number']

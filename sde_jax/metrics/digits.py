@@ -14,6 +14,8 @@ import warnings
 
 import numpy as np
 
+from sde_jax.data.digits import DIGIT_COLORS
+
 
 @dataclasses.dataclass(frozen=True)
 class DigitsJudgement:
@@ -49,7 +51,6 @@ def intensity(images: np.ndarray) -> np.ndarray:
   ('digits_rgb', 3 channels) as their stroke intensity, the channel mean over the colours' 0.5."""
   images = np.asarray(images)
   if images.ndim == 4 and images.shape[-1] == 3:
-    from sde_jax.data import DIGIT_COLORS  # pylint: disable=g-import-not-at-top
     return np.clip(images.mean(-1, keepdims=True) / DIGIT_COLORS.mean(), 0.0, 1.0)
   return images
 
@@ -64,7 +65,6 @@ def color_classes(images: np.ndarray, min_intensity: float = 0.25) -> np.ndarray
   Args:
     images: (N, S, S, 3) in [0, 1].
   """
-  from sde_jax.data import DIGIT_COLORS  # pylint: disable=g-import-not-at-top
   images = np.asarray(images, np.float64)
   level = intensity(images)[..., 0]
   stroke = level >= min_intensity

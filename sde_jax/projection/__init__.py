@@ -1,6 +1,7 @@
 """The projection network of Predict-Project sampling (:mod:`sde_jax.sampling.predict_project`):
-its network and output scale (:mod:`.network`), its training loss (:mod:`.loss`) and the
-``sde-jax train-projection`` job (:mod:`.job`). See docs/predict_project.md."""
+its network and output scale (:mod:`.network`) and its training loss (:mod:`.loss`); the
+``sde-jax train-projection`` job is :mod:`sde_jax.jobs.train_projection`. See
+docs/predict_project.md."""
 
 from sde_jax.projection.loss import projection_loss_fn, step_times
 from sde_jax.projection.network import (SUBDIR, Projection, get_projection_fn,

@@ -101,7 +101,7 @@ def attempt_step(rsde, state: _State, z: Array, *, rtol: float, atol: float, saf
 def option_problems(rtol: float, atol: float, h_init: float, safety: float, exponent: float,
                     max_steps: int = 100_000) -> list[str]:
   """What is wrong with these options of :func:`get_adaptive_sde_sampler`, one line each
-  (checked without building anything: ``sde_jax.config_check`` calls this too)."""
+  (checked without building anything: ``sde_jax.jobs.config_check`` calls this too)."""
   values = dict(rtol=rtol, atol=atol, h_init=h_init, safety=safety, exponent=exponent,
                 max_steps=max_steps)
   return [f'{name}={value} must be positive.' for name, value in values.items() if value <= 0]

@@ -104,7 +104,7 @@ def multistep_update(x, d0, d1, d2, lam, m_next, s_ratio, order):
 
 def option_problems(nfe: int, order: int, schedule: str, denoise: bool) -> list[str]:
   """What is wrong with these options of :func:`get_dpm_solver_sampler`, one line each
-  (checked without building anything: ``sde_jax.config_check`` calls this too)."""
+  (checked without building anything: ``sde_jax.jobs.config_check`` calls this too)."""
   problems = []
   if order not in (1, 2, 3):
     problems.append(f"method='dpm_solver++' needs order 1, 2 or 3, got {order!r}.")

@@ -55,7 +55,7 @@ def _denoiser(sde: SDE, score, batch: int):
 
 def option_problems(nfe: int, rho: float, churn: float, denoise: bool) -> list[str]:
   """What is wrong with these options of :func:`get_heun_sampler`, one line each (checked
-  without building anything: ``sde_jax.config_check`` calls this too)."""
+  without building anything: ``sde_jax.jobs.config_check`` calls this too)."""
   problems = []
   if sum(heun_step_counts(nfe, denoise)) < 1:
     problems.append(f'nfe={nfe} leaves no step (denoise={denoise} takes one evaluation).')

@@ -24,7 +24,7 @@ def _flow(sde: SDE, score_fn, batch: int):
 
 def option_problems(rtol: float, atol: float) -> list[str]:
   """What is wrong with these options of :func:`get_ode_sampler`, one line each (checked
-  without building anything: ``sde_jax.config_check`` calls this too)."""
+  without building anything: ``sde_jax.jobs.config_check`` calls this too)."""
   return [f'{name}={value} must be positive.'
           for name, value in dict(rtol=rtol, atol=atol).items() if value <= 0]
 

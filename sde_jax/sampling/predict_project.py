@@ -35,7 +35,7 @@ ProjectionFn = Callable[[Any, Array, Array], Array]
 
 def option_problems(n_steps: int | None, step_size: float) -> list[str]:
   """What is wrong with these options of :func:`get_predict_project_sampler`, one line each
-  (checked without building anything: ``sde_jax.config_check`` calls this too)."""
+  (checked without building anything: ``sde_jax.jobs.config_check`` calls this too)."""
   problems = []
   if n_steps is not None and not (isinstance(n_steps, int) and n_steps >= 1):
     problems.append(f'n_steps={n_steps!r} must be an integer >= 1 (or None: the SDE\'s N).')

@@ -19,14 +19,14 @@ from typing import Any, Callable, Iterable
 
 from absl import logging
 
-from sde_jax import checkpoints, config_check, parallel
+from sde_jax import checkpoints, parallel
 from sde_jax.data import global_batches
 from sde_jax.train import resume
 from sde_jax.train import state as state_lib
 from sde_jax.train.metric_log import MetricLog
 from sde_jax.train.preemption import Preemption
+from sde_jax.train.schedule import schedule_problems
 
-PERIODS = config_check.PERIODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,8 @@ class Trainer:
     example_shape: the shape of one input example, (H, W, C).
     loss_fn: ``(params, key, batch) -> (loss, aux)``; ``batch`` holds ``batch_keys``.
     training: the config section with batch_size, n_iters, n_jitted_steps, the periods of
-      :data:`PERIODS` and keep_last (``config.training``, ``config.classifier.training``).
+      :data:`~sde_jax.train.schedule.PERIODS` and keep_last (``config.training``,
+      ``config.classifier.training``).
     optim: the optimizer section (``config.optim``, ``config.classifier.optim``).
     ema_rate: the EMA's rate.
     batch_keys: the fields of the data set's batches that the loss reads.
@@ -76,9 +77,9 @@ def final_step(training, prefix: str = 'training') -> int:
   Raises:
     ValueError: if a logging / evaluation / checkpoint period is not a positive multiple of
       ``n_jitted_steps`` (the loop only sees every ``n_jitted_steps``-th step), and the rest of
-      :func:`sde_jax.config_check.schedule_problems`, all of them named.
+      :func:`sde_jax.train.schedule.schedule_problems`, all of them named.
   """
-  problems = config_check.schedule_problems(training, prefix)
+  problems = schedule_problems(training, prefix)
   if problems:
     raise ValueError(' '.join(problems))
   n = int(training.n_jitted_steps)

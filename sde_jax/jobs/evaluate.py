@@ -7,7 +7,7 @@ import os
 import jax
 from absl import logging
 
-from sde_jax import checkpoints, config_check, parallel, rng
+from sde_jax import checkpoints, parallel, rng
 from sde_jax import projection as projection_lib
 from sde_jax import workdir as workdir_lib
 from sde_jax.evaluate.bpd import eval_bpd
@@ -18,6 +18,7 @@ from sde_jax.evaluate.programs import EvalPrograms
 from sde_jax.evaluate.report import report_header, write_reports
 from sde_jax.evaluate.samples import eval_samples
 from sde_jax.evaluate.settings import EvalSettings, check_fingerprint, fingerprint, round_size
+from sde_jax.jobs import config_check
 from sde_jax.score_model import ScoreModel
 
 
@@ -48,7 +49,7 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval',
 
   Raises:
     FileNotFoundError: for missing Inception weights or data statistics, at start-up.
-    ValueError: for bad settings (:func:`sde_jax.config_check.check`, all of them named, before
+    ValueError: for bad settings (:func:`sde_jax.jobs.config_check.check`, all of them named, before
       anything is written or compiled), or an eval folder written with other settings.
   """
   config_check.check(config, 'eval')  # every field, before the workdir is touched

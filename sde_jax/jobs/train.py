@@ -10,13 +10,15 @@ import numpy as np
 from absl import logging
 
 from sde_jax import images as images_lib
-from sde_jax import config_check, parallel, viz, workdir as workdir_lib
+from sde_jax import parallel, viz, workdir as workdir_lib
 from sde_jax import data as data_lib
 from sde_jax.sampling import sharded
 from sde_jax.score_model import ScoreModel
 from sde_jax.train import loop
 from sde_jax.train import state as state_lib
 from sde_jax.data import global_batches
+from sde_jax.jobs import config_check
+from sde_jax.metrics import digits
 
 SAMPLES_DIR = 'samples'
 
@@ -59,7 +61,6 @@ def judge_samples(config, images: np.ndarray, workdir: str, step: int) -> str | 
   """
   if config.data.dataset not in data_lib.DIGITS_DATASETS or jax.process_index() != 0:
     return None
-  from sde_jax.metrics import digits  # pylint: disable=g-import-not-at-top
   j = digits.judge_digits(digits.intensity(images.astype(np.float32) / 255.0))
   path = workdir_lib.path(workdir) / SAMPLES_DIR / 'quality.md'
   if not path.exists():
@@ -96,7 +97,7 @@ def train_and_evaluate(config, workdir: str,
     The state at the last step trained (after a preemption: the step saved).
 
   Raises:
-    ValueError: for bad config values (:func:`sde_jax.config_check.check`, all of them named),
+    ValueError: for bad config values (:func:`sde_jax.jobs.config_check.check`, all of them named),
       before anything is written or compiled.
   """
   tc = config.training

@@ -20,7 +20,8 @@ import os
 
 from absl import logging
 
-from sde_jax import checkpoints, config_check, parallel, sampling, train
+from sde_jax import checkpoints, parallel, sampling, train
+from sde_jax.jobs import config_check
 from sde_jax.projection.loss import projection_loss_fn
 from sde_jax.projection.network import SUBDIR, get_projection_fn, get_projection_model
 from sde_jax.score_model import ScoreModel
@@ -79,7 +80,7 @@ def train_projection(config, workdir: str,
     The state at the last step trained (after a preemption: the step saved).
 
   Raises:
-    ValueError: for bad config values (:func:`sde_jax.config_check.check`, all named), before
+    ValueError: for bad config values (:func:`sde_jax.jobs.config_check.check`, all named), before
       anything is read, compiled or written.
     FileNotFoundError: if ``workdir`` holds no score checkpoint.
   """

@@ -7,9 +7,10 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from sde_jax import checkpoints, config_check, images, parallel, sampling, viz
+from sde_jax import checkpoints, images, parallel, sampling, viz
 from sde_jax import projection as projection_lib
 from sde_jax import workdir as workdir_lib
+from sde_jax.jobs import config_check
 from sde_jax.sampling import sharded
 from sde_jax.score_model import ScoreModel
 
@@ -33,7 +34,7 @@ def sample(config, workdir: str, num_samples: int) -> str:
 
   Raises:
     ValueError: if ``num_samples < 1``, or for bad config values
-      (:func:`sde_jax.config_check.check`, all of them named).
+      (:func:`sde_jax.jobs.config_check.check`, all of them named).
     FileNotFoundError: with ``sampling.method='predict_project'``, if ``workdir/projection``
       holds no projection network (``sde-jax train-projection``).
   """

@@ -1,5 +1,6 @@
-"""The import of an original checkpoint: the model's parameter template, the file read as the
-format its first bytes name, strictly checked; and ``sde-jax import``, which stores the result.
+"""The import of an original checkpoint: the model's parameter template, and the file read as
+the format its first bytes name, strictly checked (``sde-jax import`` is
+:mod:`sde_jax.jobs.import_checkpoint`).
 
 Import is strict: every parameter of the model must be found with its exact shape, and every
 array of the file must be used, or the import fails with the names and shapes involved.
@@ -14,12 +15,11 @@ import jax.numpy as jnp
 from etils import epath
 from flax import traverse_util
 
-from sde_jax import workdir as workdir_lib
+from sde_jax import models
 from sde_jax.checkpoints.errors import CheckpointError, Path
 from sde_jax.checkpoints.imported_state import ImportedState, Params
 from sde_jax.checkpoints.original_flax import import_flax
 from sde_jax.checkpoints.original_torch import import_torch, is_torch_file, torch_layouts
-from sde_jax.checkpoints.storage import num_params, save_imported
 
 
 def param_template(model, shape: tuple[int, ...]) -> tuple[Params, list[Path]]:
@@ -52,7 +52,6 @@ def import_original(path: str | os.PathLike, config) -> ImportedState:
     CheckpointError: unreadable file, or any parameter missing, unexpected or of another shape
       (the message names it, both shapes and the config fields that likely differ).
   """
-  from sde_jax import models  # pylint: disable=g-import-not-at-top
   path = os.fspath(path)
   if not epath.Path(path).is_file():
     raise FileNotFoundError(f'checkpoint {path} does not exist.')
@@ -72,25 +71,3 @@ def import_original(path: str | os.PathLike, config) -> ImportedState:
         "the JAX original's; set --config.model.flavour=pytorch (and keep it for sampling).")
   layout, buffers = layouts[name]
   return import_torch(path, flat_template, order, layout, buffers)
-
-
-def import_to_workdir(config, checkpoint: str, workdir: str) -> str:
-  """``sde-jax import``: reads an original checkpoint and stores it as an orbax checkpoint.
-
-  Args:
-    config: the config the checkpoint was trained with.
-    checkpoint: the original file (score_sde ``checkpoint_N`` or score_sde_pytorch ``.pth``).
-    workdir: where to write ``checkpoints/<step>``; an existing step is never overwritten.
-
-  Returns:
-    The directory of the written checkpoint.
-  """
-  from sde_jax import config_check  # pylint: disable=g-import-not-at-top
-  config_check.check(config, 'import', checkpoint=checkpoint)  # before the workdir is touched
-  state = import_original(checkpoint, config)
-  count = num_params(state.params)
-  path = save_imported(workdir, state, {'source': os.fspath(workdir_lib.path(checkpoint)),
-                                        'model': config.model.name, 'num_params': count})
-  print(f'Imported {checkpoint} (step {state.step}, {count:,} parameters, EMA included) '
-        f'into {path}')
-  return path

@@ -42,13 +42,18 @@ from typing import Callable
 
 from etils import epath
 
+from sde_jax import data as data_lib
+from sde_jax import models, parallel, projection, sampling
 from sde_jax import sde as sde_lib
+from sde_jax.controllable import factory, linear, masks
+from sde_jax.evaluate import settings as settings_lib
+from sde_jax.metrics import fid, inception
+from sde_jax.models import classifier as classifier_lib
+from sde_jax.sampling import adaptive_sde, dpm_solver, heun, ode, pc, predict_project
+from sde_jax.train.schedule import schedule_problems
 
 COMMANDS = ('train', 'sample', 'eval', 'inpaint', 'colorize', 'class', 'train-classifier',
             'train-projection', 'fid-stats', 'import')
-# The periods of a training schedule, each a multiple of n_jitted_steps (the loop only sees every
-# n_jitted_steps-th step).
-PERIODS = ('log_freq', 'eval_freq', 'snapshot_freq', 'snapshot_freq_for_preemption')
 # What takes sqrt(1 - beta_i) of the DDPM chain, and for which SDEs: predictors ...
 _CHAIN_PREDICTORS = {'reverse_diffusion': (sde_lib.VPSDE,),
                      'ancestral_sampling': (sde_lib.VPSDE,)}
@@ -179,31 +184,10 @@ def _chain_problems(sde: sde_lib.SDE, users: list[str]) -> list[str]:
           f'num_scales >= {math.floor(sde.beta_max) + 1} or beta_max < {sde.N}.']
 
 
-def schedule_problems(training, prefix: str) -> list[str]:
-  """The problems of a training schedule (``config.training``, ``config.classifier.training``):
-  ``n_jitted_steps >= 1``, periods positive multiples of it, ``n_iters >= n_jitted_steps``,
-  ``keep_last >= 1``."""
-  found = _Problems()
-  n = training.n_jitted_steps
-  if not found.expect(isinstance(n, int) and n >= 1, f'{prefix}.n_jitted_steps', n,
-                      'an integer >= 1'):
-    return list(found)
-  for name in PERIODS:
-    value = training[name]
-    found.expect(value > 0 and value % n == 0, f'{prefix}.{name}', value,
-                 f'a positive multiple of {prefix}.n_jitted_steps={n}')
-  found.expect(training.n_iters >= n, f'{prefix}.n_iters', training.n_iters,
-               f'at least {prefix}.n_jitted_steps={n}')
-  if 'keep_last' in training:
-    found.expect(training.keep_last >= 1, f'{prefix}.keep_last', training.keep_last, '>= 1')
-  return list(found)
-
-
 def _batch_problems(field: str, value, mesh, found: _Problems) -> None:
   if not found.expect(isinstance(value, int) and value > 0, field, value, 'a positive integer'):
     return
   if mesh is not None:
-    from sde_jax import parallel  # pylint: disable=g-import-not-at-top
     found.attempt(parallel.check_batch_size, value, mesh, field)
 
 
@@ -211,7 +195,6 @@ def _data_problems(config, command: str, found: _Problems) -> None:
   """``data.dataset`` and the image size / channels it has (:func:`sde_jax.data.make_spec`);
   for a folder of images, where the command reads them, the images themselves (a scan of their
   headers: :func:`sde_jax.data.folder_splits`)."""
-  from sde_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   spec = found.attempt(data_lib.make_spec, config, 'train', batch_size=1, seed=0, start_step=0,
                        process_index=0, process_count=1, uniform_dequantization=None)
   if spec is None or spec.dataset != data_lib.FOLDER_DATASET or command not in _READS_DATA:
@@ -242,7 +225,6 @@ def _data_problems(config, command: str, found: _Problems) -> None:
 def _model_problems(config, sde, found: _Problems) -> None:
   """``model.name`` and its fields (:func:`sde_jax.models.get_model` builds the module, which
   initialises nothing)."""
-  from sde_jax import models  # pylint: disable=g-import-not-at-top
   found.attempt(models.get_model, config)
   if sde is not None and not config.training.get('continuous', True):
     found.expect(not isinstance(sde, sde_lib.SubVPSDE), 'training.continuous', False,
@@ -257,7 +239,6 @@ def _image_shape(config) -> tuple[int, ...]:
 def _sampler_problems(config, sde, found: _Problems) -> list[str]:
   """``config.sampling``: the method, then its options (the factory's own checks); returns who
   takes the DDPM chain's square roots."""
-  from sde_jax import sampling  # pylint: disable=g-import-not-at-top
   if sde is None:
     return []
   options = found.attempt(sampling.options_from_config, config, sde)
@@ -282,7 +263,6 @@ def _sampler_problems(config, sde, found: _Problems) -> list[str]:
 def _option_checks() -> dict[str, Callable[..., list[str]]]:
   """The samplers' own option checks, which build nothing (the factories compute their time
   grids with jax, which would start the backend before ``jax.distributed.initialize``)."""
-  from sde_jax.sampling import adaptive_sde, dpm_solver, heun, ode, predict_project  # pylint: disable=g-import-not-at-top
   return {'ode': ode.option_problems, 'dpm_solver++': dpm_solver.option_problems,
           'heun': heun.option_problems, 'adaptive_sde': adaptive_sde.option_problems,
           'predict_project': predict_project.option_problems}
@@ -290,14 +270,13 @@ def _option_checks() -> dict[str, Callable[..., list[str]]]:
 
 def _pc_problems(sde, options: dict, found: _Problems) -> list[str]:
   """The predictor and the corrector, each through its factory (names, SDE, snr, n_steps)."""
-  from sde_jax.sampling import pc  # pylint: disable=g-import-not-at-top
   predictor, corrector = options['predictor'], options['corrector']
-  factory = found.attempt(pc.lookup, pc.PREDICTORS, predictor, 'sampling.predictor')
-  if factory is not None:
-    found.attempt(factory, sde, options['probability_flow'], where='config.sampling')
-  factory = found.attempt(pc.lookup, pc.CORRECTORS, corrector, 'sampling.corrector')
-  if factory is not None:  # n_steps is sampling.n_steps_each
-    found.attempt(factory, sde, options['snr'], options['n_steps'], where='config.sampling')
+  make = found.attempt(pc.lookup, pc.PREDICTORS, predictor, 'sampling.predictor')
+  if make is not None:
+    found.attempt(make, sde, options['probability_flow'], where='config.sampling')
+  make = found.attempt(pc.lookup, pc.CORRECTORS, corrector, 'sampling.corrector')
+  if make is not None:  # n_steps is sampling.n_steps_each
+    found.attempt(make, sde, options['snr'], options['n_steps'], where='config.sampling')
   if predictor == 'none' and corrector == 'none':
     found.append("sampling.predictor='none' with sampling.corrector='none' never evaluates the "
                  'score; expected at least one of them.')
@@ -312,19 +291,16 @@ def _pc_problems(sde, options: dict, found: _Problems) -> list[str]:
 def _eval_problems(config, command: str, found: _Problems):
   """``config.eval`` (:class:`~sde_jax.evaluate.settings.EvalSettings`) and the files it names
   that the command reads."""
-  from sde_jax.evaluate import settings as settings_lib  # pylint: disable=g-import-not-at-top
   settings = found.attempt(settings_lib.EvalSettings.from_config, config, check=False)
   if settings is None:
     return None
   found.extend(settings.problems())
   if command == 'fid-stats' or settings.enable_sampling:
-    from sde_jax.metrics import inception  # pylint: disable=g-import-not-at-top
     _file_problems('eval.inception_weights', settings.inception_weights,
                    "pytorch-fid's FID Inception weights (.pth, or an .npz converted from it); "
                    f'sde-jax never downloads them: get them from {inception.WEIGHTS_URL} '
                    '(docs/evaluation.md)', found)
   if command == 'eval' and settings.enable_sampling:
-    from sde_jax.metrics import fid  # pylint: disable=g-import-not-at-top
     name = fid.stats_filename(config.data.dataset, config.data.image_size,
                               config.data.get('category'))
     _file_problems('eval.stats_path', settings.stats_path,
@@ -342,7 +318,6 @@ def _file_problems(field: str, path, what: str, found: _Problems) -> None:
 def _controllable_problems(config, command: str, sde, found: _Problems) -> list[str]:
   """The PC sampler of ``config.sampling`` as the controllable samplers read it, and
   ``config.controllable``."""
-  from sde_jax.controllable import factory, linear, masks  # pylint: disable=g-import-not-at-top
   _batch_problems('eval.batch_size', config.eval.batch_size, None, found)
   c = config.get('controllable', {})
   if command == 'inpaint':
@@ -368,7 +343,6 @@ def _classifier_problems(config, mesh, found: _Problems) -> None:
   if not found.expect('classifier' in config, 'config.classifier', None,
                       'a classifier section (configs/digits/classifier.py has one)'):
     return
-  from sde_jax.models import classifier as classifier_lib  # pylint: disable=g-import-not-at-top
   found.attempt(classifier_lib.get_classifier, config)
   ct = config.classifier.training
   _batch_problems('classifier.training.batch_size', ct.batch_size, mesh, found)
@@ -380,7 +354,6 @@ def _projection_network_problems(config, found: _Problems) -> bool:
   if not found.expect('projection' in config, 'config.projection', None,
                       'a projection section (configs._recipes.projection)'):
     return False
-  from sde_jax import projection  # pylint: disable=g-import-not-at-top
   p = config.projection
   found.expect(float(p.width) > 0, 'projection.width', p.width, 'a positive factor')
   return found.attempt(projection.get_projection_model, config) is not None
@@ -398,7 +371,6 @@ def _projection_problems(config, sde, mesh, found: _Problems) -> None:
   _batch_problems('projection.training.batch_size', p.training.batch_size, mesh, found)
   found.extend(schedule_problems(p.training, 'projection.training'))
   if sde is not None:
-    from sde_jax import sampling  # pylint: disable=g-import-not-at-top
     eps = sampling.config_fields(config, sde)['eps']
     found.expect(0 < eps < sde.T, 'sampling.eps', eps,
                  f'0 < eps < T = {sde.T} (the grid the projection is trained on)')

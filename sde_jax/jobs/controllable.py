@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_jax import checkpoints, config_check, viz
+from sde_jax import checkpoints, viz
 from sde_jax import data as data_lib
 from sde_jax import images as images_lib
 from sde_jax import workdir as workdir_lib
@@ -17,6 +17,7 @@ from sde_jax.controllable.class_guidance import get_logit_fn
 from sde_jax.controllable.classifier_checkpoint import restore_classifier
 from sde_jax.controllable.factory import get_controllable_sampler_from_config
 from sde_jax.controllable.masks import make_mask
+from sde_jax.jobs import config_check
 from sde_jax.score_model import ScoreModel
 
 OUTPUT_DIR = 'controllable'

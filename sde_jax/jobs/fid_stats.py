@@ -10,11 +10,12 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from sde_jax import config_check, images, parallel
+from sde_jax import images, parallel
 from sde_jax import workdir as workdir_lib
 from sde_jax import data as data_lib
 from sde_jax.evaluate.inception_net import load_inception
 from sde_jax.evaluate.settings import EvalSettings, round_size
+from sde_jax.jobs import config_check
 from sde_jax.metrics import fid
 
 
