@@ -16,11 +16,17 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope='session', autouse=True)
 def compilation_cache(tmp_path_factory):
-  """One persistent compilation cache for the whole run (and the subprocesses tests start with
-  :func:`tests.helpers.subprocess_env`): a program that several modules compile (the same
-  network, sampler or train step at the same shapes) compiles once. It starts empty, so a run
-  never depends on an earlier one."""
-  directory = tmp_path_factory.mktemp('jax_cache')
+  """One persistent compilation cache for the whole run, shared by the pytest-xdist workers and
+  the subprocesses tests start with :func:`tests.helpers.subprocess_env`: a program that several
+  modules compile (the same network, sampler or train step at the same shapes) compiles once,
+  whichever worker runs them. It starts empty, so a run never depends on an earlier one. (JAX
+  writes an entry under its final name; a reader that meets one half-written fails to
+  deserialise it, warns and compiles, so concurrent writers cost at most a compile.)"""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent  # the run's folder, above each worker's own
+  directory = root / 'jax_cache'
+  directory.mkdir(exist_ok=True)
   # Programs that compile in under half a second are not worth the write.
   names = {'jax_compilation_cache_dir': str(directory),
            'jax_persistent_cache_min_compile_time_secs': 0.5,
