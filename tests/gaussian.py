@@ -146,8 +146,7 @@ class GaussianMixture:
     noisy classifier ``log p_t(k | x)`` up to a constant in k."""
     return self._eigen_terms(name, x, t)[0][:, 0]
 
-  def score_fn(self, name: str, *, scaled: bool = False, calls: list | None = None,
-               traces: list | None = None):
+  def score_fn(self, name: str, *, scaled: bool = False, calls: list | None = None):
     """The exact score in the library's form ``score_fn(params, x, t, key=None)``.
 
     Args:
@@ -156,7 +155,6 @@ class GaussianMixture:
         the compiled program; otherwise params are ignored.
       calls: a list appended once per runtime evaluation (a debug callback), so that the
         evaluations of a compiled loop can be counted from outside.
-      traces: a list appended each time Python runs the function (while JAX traces it).
 
     ``x`` has shape (B, ...), and every example holds ``x[i].size // d`` independent copies of
     the data, consecutive d-vectors in row-major order: (B, R, d) holds R copies, (B, H, W, C)
@@ -166,8 +164,6 @@ class GaussianMixture:
 
     def score(params, x, t, key=None):
       del key
-      if traces is not None:
-        traces.append(1)
       if calls is not None:
         jax.debug.callback(lambda: calls.append(1))
       out = self.exact_score(name, x, t)
