@@ -41,6 +41,23 @@ def mean_std(name: str, t):
   raise ValueError(name)
 
 
+def sde_coefficients(name: str, t):
+  """The SDE ``dx = c(t) x dt + g(t) dw`` as ``(c(t), g(t))`` (numpy): VE ``c = 0``,
+  ``g = s(t) sqrt(2 log(sigma_max / sigma_min))``; VP ``c = -beta(t) / 2``, ``g = sqrt(beta(t))``;
+  sub-VP VP's c and ``g = sqrt(beta(t) (1 - exp(-2 int_0^t beta)))``, where
+  ``beta(t) = beta_min + t (beta_max - beta_min)``."""
+  t = np.asarray(t, np.float64)
+  if name == 'vesde':
+    return np.zeros_like(t), mean_std(name, t)[1] * np.sqrt(2 * np.log(SIGMA_MAX / SIGMA_MIN))
+  beta = BETA_MIN + t * (BETA_MAX - BETA_MIN)
+  integral = BETA_MIN * t + 0.5 * (BETA_MAX - BETA_MIN) * t**2
+  if name == 'vpsde':
+    return -0.5 * beta, np.sqrt(beta)
+  if name == 'subvpsde':
+    return -0.5 * beta, np.sqrt(beta * (1 - np.exp(-2 * integral)))
+  raise ValueError(name)
+
+
 def prior_std(name: str) -> float:
   return SIGMA_MAX if name == 'vesde' else 1.0
 
@@ -146,8 +163,7 @@ class GaussianMixture:
     noisy classifier ``log p_t(k | x)`` up to a constant in k."""
     return self._eigen_terms(name, x, t)[0][:, 0]
 
-  def score_fn(self, name: str, *, scaled: bool = False, calls: list | None = None,
-               traces: list | None = None):
+  def score_fn(self, name: str, *, scaled: bool = False, calls: list | None = None):
     """The exact score in the library's form ``score_fn(params, x, t, key=None)``.
 
     Args:
@@ -156,7 +172,6 @@ class GaussianMixture:
         the compiled program; otherwise params are ignored.
       calls: a list appended once per runtime evaluation (a debug callback), so that the
         evaluations of a compiled loop can be counted from outside.
-      traces: a list appended each time Python runs the function (while JAX traces it).
 
     ``x`` has shape (B, ...), and every example holds ``x[i].size // d`` independent copies of
     the data, consecutive d-vectors in row-major order: (B, R, d) holds R copies, (B, H, W, C)
@@ -166,8 +181,6 @@ class GaussianMixture:
 
     def score(params, x, t, key=None):
       del key
-      if traces is not None:
-        traces.append(1)
       if calls is not None:
         jax.debug.callback(lambda: calls.append(1))
       out = self.exact_score(name, x, t)

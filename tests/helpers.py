@@ -1,11 +1,13 @@
 """Small things several test modules share: loading a config file of configs/ (as Python, or as
 the command line does), the one shrink recipe for tests (``tiny_config`` / ``tiny_flags``: any
 config through configs/_runlocal.py, plus a test's overrides), running the ``sde-jax`` command,
-and the environment of a test's subprocess. (The exact Gaussian score, which also counts a
-compiled sampler's evaluations, is in tests/gaussian.py.)"""
+the environment of a test's subprocess, and the no-retrace checks (``first_compile`` with
+``chex.assert_max_traces``). (The exact Gaussian score, which also counts a compiled sampler's
+evaluations, is in tests/gaussian.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import os
@@ -14,6 +16,7 @@ import struct
 import subprocess
 import sys
 
+import chex
 from absl import flags
 from ml_collections import config_flags
 
@@ -53,6 +56,29 @@ def subprocess_env(cache, **extra: str) -> dict[str, str]:
   return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COMPILATION_CACHE_DIR': str(cache),
           'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
           'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0', **extra}
+
+
+@contextlib.contextmanager
+def first_compile():
+  """The calls in the body compile their programs; every later call must reuse them.
+
+  For a function that a compiled program evaluates at several places (a score function inside a
+  sampler's loop), wrap it in ``chex.assert_max_traces(fn, 0)`` and make the first call in this
+  context: chex's assertions are off while the program is traced, and its trace counters start
+  from zero after it, so any later trace of ``fn`` (a retrace for new params, keys or data of the
+  same shapes) fails the test::
+
+    score = chex.assert_max_traces(score_fn, 0)
+    with helpers.first_compile():
+      sampler(key, score, params)
+    sampler(other_key, score, other_params)  # AssertionError if this traces ``score`` again
+  """
+  chex.disable_asserts()
+  try:
+    yield
+  finally:
+    chex.enable_asserts()
+    chex.clear_trace_counter()
 
 
 def _override(section, overrides: dict, where: str) -> None:

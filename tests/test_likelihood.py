@@ -9,20 +9,25 @@ state component ``y`` below about ``atol + rtol |y|``. These solves take at most
 (nfe <= 121), so we allow ``K = 20`` times that: ``tol_z = K (atol + rtol max_j |z_j|)``,
 and for ``log p = prior_logp(z) + delta_logp`` the delta_logp bound plus the z errors propagated
 through the prior's gradient ``|z| / sigma_prior^2``.
+
+The divergence estimates (Hutchinson's and the exact one) run under ``chex.variants``, jitted and
+eagerly (:class:`DivergenceTest`).
 """
 
 import functools
+import itertools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from scipy import stats
 
-import chex
 from sde_jax import likelihood, rng
 from sde_jax import sde as sde_lib
-from tests import gaussian
+from tests import gaussian, helpers
 
 EPS, RTOL, ATOL, K = 1e-5, 1e-5, 1e-5, 20
 SDES = {'vpsde': sde_lib.VPSDE(), 'subvpsde': sde_lib.SubVPSDE(), 'vesde': sde_lib.VESDE()}
@@ -37,13 +42,13 @@ def _gaussian(dim: int):
   return rs.uniform(-0.5, 0.5, size=dim), a @ a.T + 0.05 * np.eye(dim)
 
 
-def _score_fn(name, mean, cov, calls=None, traces=None):
+def _score_fn(name, mean, cov, calls=None):
   """Exact score of N(mean, cov), one draw per example of any shape (tests/gaussian.py);
   ``params['scale']`` multiplies it (1 = exact).
 
-  ``calls`` counts runtime evaluations (a debug callback), ``traces`` Python traces.
+  ``calls`` counts runtime evaluations (a debug callback).
   """
-  return gaussian.score_fn(name, mean, cov, scaled=True, calls=calls, traces=traces)
+  return gaussian.score_fn(name, mean, cov, scaled=True, calls=calls)
 
 
 def _gaussian_logpdf(name, mean, cov, x, t):
@@ -70,6 +75,48 @@ def _bpd(logp, dim, inverse_scaler):
 def _data(mean, cov, batch, shape, seed=1):
   x = gaussian.GaussianMixture.single(mean, cov).sample(batch, seed=seed)
   return jnp.asarray(x.reshape((batch,) + shape), jnp.float32)
+
+
+class DivergenceTest(chex.TestCase):
+  """The divergence of the probability-flow drift, jitted and eager, against its closed form."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters((name, name) for name in SDES)
+  def test_hutchinson_and_exact_divergence(self, name):
+    """For N(mu, S) data the flow's drift ``c x - g^2 score / 2`` at time t is affine in x:
+    ``c x + g^2 A^{-1} (x - m mu) / 2`` with ``A = m^2 S + s^2 I``, so its Jacobian is
+    ``J = c I + g^2 A^{-1} / 2``, the Hutchinson estimate with probe v is ``v^T J v`` and the
+    divergence ``tr J``. The probes are the 8 sign vectors of {-1, 1}^3: their mean estimate is
+    ``tr J`` exactly (``mean v v^T = I``), Hutchinson's unbiasedness."""
+    mean, cov = _gaussian(3)
+    t = 0.4
+    x = jax.random.normal(jax.random.key(0), (8, 3))
+    v = jnp.asarray(list(itertools.product([-1.0, 1.0], repeat=3)))
+    score = functools.partial(gaussian.score_fn(name, mean, cov), None)
+    flow = SDES[name].reverse(score, probability_flow=True)
+    drift = lambda y: flow.sde(y, jnp.full((8,), t))[0]
+    value, estimate = self.variant(
+        lambda x, v: likelihood.hutchinson_divergence(drift, x, v))(x, v)
+    exact_value, divergence = self.variant(lambda x: likelihood.exact_divergence(drift, x))(x)
+
+    m, s = gaussian.mean_std(name, np.float64(t))
+    c, g = gaussian.sde_coefficients(name, t)
+    a_inv = np.linalg.inv(m**2 * cov + s**2 * np.eye(3))
+    x64, v64 = np.asarray(x, np.float64), np.asarray(v, np.float64)
+    expected_value = c * x64 + 0.5 * g**2 * (x64 - m * mean) @ a_inv
+    jacobian = c * np.eye(3) + 0.5 * g**2 * a_inv
+    expected_estimate = np.einsum('bi,ij,bj->b', v64, jacobian, v64)
+    chex.assert_shape([value, estimate, exact_value, divergence], [(8, 3), (8,), (8, 3), (8,)])
+    for got in (value, exact_value):
+      np.testing.assert_allclose(got, expected_value, rtol=1e-5, atol=1e-6)
+    # The sums cancel (VP's c < 0): float32 error relative to the sum of the terms' sizes.
+    size, trace_size = np.sum(np.abs(jacobian)), np.trace(np.abs(jacobian))
+    np.testing.assert_allclose(estimate, expected_estimate, rtol=0, atol=1e-5 * size)
+    np.testing.assert_allclose(divergence, np.full(8, np.trace(jacobian)), rtol=0,
+                               atol=1e-5 * trace_size)
+    np.testing.assert_allclose(np.mean(np.asarray(estimate, np.float64)), np.trace(jacobian),
+                               rtol=0, atol=1e-5 * size)
+    assert np.ptp(expected_estimate) > 0.1 * abs(np.trace(jacobian))  # the probes differ
 
 
 @pytest.mark.parametrize('name', list(SDES))
@@ -185,15 +232,13 @@ def test_nfe_counts_score_evaluations(exact_trace):
 
 def test_no_retrace_on_new_params_key_or_index():
   mean, cov = _gaussian(4)
-  traces = []
-  score_fn = _score_fn('vpsde', mean, cov, traces=traces)
+  score_fn = chex.assert_max_traces(_score_fn('vpsde', mean, cov), 0)
   fn = likelihood.get_likelihood_fn(SDES['vpsde'], CENTERED)
   data = _data(mean, cov, 2, (2, 2, 1))
-  bpd = fn(jax.random.key(0), score_fn, {'scale': jnp.float32(1.0)}, data)[0]
-  n_traces = len(traces)
+  with helpers.first_compile():
+    bpd = fn(jax.random.key(0), score_fn, {'scale': jnp.float32(1.0)}, data)[0]
   scaled = fn(jax.random.key(1), score_fn, {'scale': jnp.float32(0.5)}, data, first_index=5)[0]
   fn(jax.random.key(2), score_fn, {'scale': jnp.float32(2.0)}, data, None, 9)
-  assert len(traces) == n_traces
   # params really are an input, not a constant baked into the program.
   assert np.all(np.abs(np.asarray(scaled - bpd)) > 1e-3)
 

@@ -9,6 +9,8 @@ v = m^2 s^2 + std^2 and exact score -(x_t - m mu) / v, so per dimension
 (m^4 s^4 + std^2 m^2 s^2) / v^2 = m^2 s^2 / v),
 
 and the losses' expectations are integrals / averages of that over t or over the N levels.
+
+The tests of :class:`ClosedFormTest` run each loss under ``chex.variants``: jitted and eagerly.
 """
 
 import chex
@@ -17,12 +19,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from absl.testing import parameterized
 
 from sde_jax import losses, models
 from sde_jax import sde as sde_lib
 from tests import gaussian
 
 MU, S2, DIM, BATCH = 0.3, 0.5, 4, 40000
+SDES = {'vesde': sde_lib.VESDE(), 'vpsde': sde_lib.VPSDE(), 'subvpsde': sde_lib.SubVPSDE()}
+EACH_SDE = parameterized.named_parameters((name, name) for name in SDES)
+# Jitted and eager: chex.variants makes one test of each, and self.variant(fn) is fn jitted or not.
+JIT_AND_EAGER = chex.variants(with_jit=True, without_jit=True)
 
 
 def _data(key):
@@ -62,17 +69,6 @@ def _within_standard_errors(loss, per_example, expected, z=5.0):
   assert abs(float(loss) - expected) < z * se, (float(loss), expected, se)
 
 
-@pytest.mark.parametrize('name', ['vesde', 'vpsde', 'subvpsde'])
-def test_continuous_loss_at_exact_score_is_analytic_minimum(name):
-  sde = {'vesde': sde_lib.VESDE(), 'vpsde': sde_lib.VPSDE(), 'subvpsde': sde_lib.SubVPSDE()}[name]
-  loss_fn = jax.jit(losses.get_sde_loss_fn(sde, _continuous_score(name)))
-  batch = _data(jax.random.key(0))
-  loss, aux = loss_fn({'scale': 1.0}, jax.random.key(1), batch)
-  chex.assert_shape(aux['per_example'], (BATCH,))
-  _within_standard_errors(loss, aux['per_example'], _expected_continuous(name, False))
-  # It is a minimum: scaling the exact score up or down costs more (same random numbers).
-  for scale in (0.9, 1.1):
-    assert loss_fn({'scale': scale}, jax.random.key(1), batch)[0] > loss
 
 
 def test_likelihood_weighted_loss_ve():
@@ -135,54 +131,6 @@ def _weighted_losses(name, batch, t, z, reduce_mean, weight):
   return weight * reduced
 
 
-@pytest.mark.parametrize('reduce_mean', [True, False])
-@pytest.mark.parametrize('name', ['vesde', 'vpsde', 'subvpsde'])
-def test_likelihood_weighted_loss_value(name, reduce_mean):
-  """The loss with likelihood weighting at a wrong score, against its value computed here.
-
-  Song et al. (2021b): the weight is ``lambda(t) = g(t)^2`` (in place of ``std^2``), i.e.
-  ``beta(t)`` for VP, ``beta(t) (1 - exp(-2 int_0^t beta))`` for sub-VP and
-  ``sigma(t)^2 2 log(sigma_max / sigma_min)`` for VE (``_g2``, from the paper's definitions, not
-  from ``sde.sde``). t comes from the loss's aux; z is drawn again from the same key with the
-  key layout the code documents (``_draws``), and the x_t the score function sees confirms it.
-
-  Tolerance: float32 arithmetic in the library (about ten roundings of 6e-8 on each example's
-  terms, none cancelling: the wrong score never offsets z / std) against float64 here: rtol 2e-5.
-  The weightings a mistake would give differ by far more (checked below).
-  """
-  sde = {'vesde': sde_lib.VESDE(), 'vpsde': sde_lib.VPSDE(), 'subvpsde': sde_lib.SubVPSDE()}[name]
-  batch = MU + np.sqrt(S2) * jax.random.normal(jax.random.key(10), SHAPE)
-  key = jax.random.key(11)
-  seen = []
-
-  def recording_score(params, x, t, key=None):
-    seen.append(np.asarray(x, np.float64))
-    return _affine_score(params, x, t, key)
-
-  # Not jitted, so that the score sees concrete arrays and can record x_t.
-  loss, aux = losses.get_sde_loss_fn(sde, recording_score, reduce_mean=reduce_mean,
-                                     likelihood_weighting=True)(None, key, batch)
-  t, z = _draws(key, SHAPE)
-  np.testing.assert_array_equal(aux['t'], t)
-  t64 = np.asarray(t, np.float64)
-  m, std = gaussian.mean_std(name, t64)
-  col = lambda a: a.reshape((-1, 1, 1))
-  np.testing.assert_allclose(seen[0], col(m) * np.asarray(batch, np.float64)
-                             + col(std) * np.asarray(z, np.float64), rtol=1e-5, atol=1e-5)
-
-  expected = _weighted_losses(name, batch, t, z, reduce_mean, _g2(name, t64))
-  np.testing.assert_allclose(aux['per_example'], expected, rtol=2e-5)
-  np.testing.assert_allclose(loss, expected.mean(), rtol=2e-5)
-
-  # The test tells the right weighting from the wrong ones: std^2 (no likelihood weighting),
-  # VP's beta for sub-VP (or sub-VP's discount for VP), a missing 1/2 or mean.
-  wrong = [_weighted_losses(name, batch, t, z, reduce_mean, std**2)]
-  if name != 'vesde':
-    other = 'subvpsde' if name == 'vpsde' else 'vpsde'
-    wrong.append(_weighted_losses(name, batch, t, z, reduce_mean, _g2(other, t64)))
-  wrong.append(_weighted_losses(name, batch, t, z, not reduce_mean, _g2(name, t64)))
-  for values in wrong:
-    assert np.max(np.abs(values / expected - 1)) > 100 * 2e-5
 
 
 def _level_score(table_fn):
@@ -196,30 +144,110 @@ def _level_score(table_fn):
   return score_fn
 
 
-def test_smld_loss_at_exact_score():
-  sigmas = np.exp(np.linspace(np.log(0.01), np.log(50.0), 1000))
-  score = _level_score(lambda i: (jnp.ones_like(i, jnp.float32), jnp.asarray(sigmas)[i]))
-  loss_fn = jax.jit(losses.get_smld_loss_fn(sde_lib.VESDE(), score, reduce_mean=True))
-  loss, aux = loss_fn(1.0, jax.random.key(7), _data(jax.random.key(6)))
-  expected = np.mean(S2 / (S2 + sigmas**2))
-  _within_standard_errors(loss, aux['per_example'], expected)
-  assert loss_fn(1.1, jax.random.key(7), _data(jax.random.key(6)))[0] > loss
-  # reduce_mean=False: half the sum over the DIM dimensions.
-  loss_sum_fn = jax.jit(losses.get_smld_loss_fn(sde_lib.VESDE(), score, reduce_mean=False))
-  np.testing.assert_allclose(loss_sum_fn(1.0, jax.random.key(7), _data(jax.random.key(6)))[0],
-                             0.5 * DIM * loss, rtol=1e-5)
 
 
-def test_ddpm_loss_at_exact_score():
-  betas = np.linspace(0.1 / 1000, 20.0 / 1000, 1000)
-  abar = np.cumprod(1 - betas)
-  score = _level_score(lambda i: (jnp.sqrt(jnp.asarray(abar, jnp.float32))[i],
-                                  jnp.sqrt(1 - jnp.asarray(abar, jnp.float32))[i]))
-  loss_fn = jax.jit(losses.get_ddpm_loss_fn(sde_lib.VPSDE(), score))
-  loss, aux = loss_fn(1.0, jax.random.key(9), _data(jax.random.key(8)))
-  expected = np.mean(abar * S2 / (abar * S2 + 1 - abar))
-  _within_standard_errors(loss, aux['per_example'], expected)
-  assert loss_fn(0.9, jax.random.key(9), _data(jax.random.key(8)))[0] > loss
+
+
+class ClosedFormTest(chex.TestCase):
+  """The losses, jitted and eager, against their analytic values."""
+
+  @JIT_AND_EAGER
+  @EACH_SDE
+  def test_continuous_loss_at_exact_score_is_analytic_minimum(self, name):
+    loss_fn = self.variant(losses.get_sde_loss_fn(SDES[name], _continuous_score(name)))
+    batch = _data(jax.random.key(0))
+    loss, aux = loss_fn({'scale': 1.0}, jax.random.key(1), batch)
+    chex.assert_shape(aux['per_example'], (BATCH,))
+    _within_standard_errors(loss, aux['per_example'], _expected_continuous(name, False))
+    # It is a minimum: scaling the exact score up or down costs more (same random numbers).
+    for scale in (0.9, 1.1):
+      assert loss_fn({'scale': scale}, jax.random.key(1), batch)[0] > loss
+
+  @JIT_AND_EAGER
+  @EACH_SDE
+  def test_likelihood_weighted_loss_value(self, name):
+    """The loss with likelihood weighting at a wrong score, against its value computed here.
+
+    Song et al. (2021b): the weight is ``lambda(t) = g(t)^2`` (in place of ``std^2``), i.e.
+    ``beta(t)`` for VP, ``beta(t) (1 - exp(-2 int_0^t beta))`` for sub-VP and
+    ``sigma(t)^2 2 log(sigma_max / sigma_min)`` for VE (``_g2``, from the paper's definitions,
+    not from ``sde.sde``). t comes from the loss's aux; z is drawn again from the same key with
+    the key layout the code documents (``_draws``), and the x_t the score function sees (passed
+    out by a debug callback, jitted or not) confirms it.
+
+    Tolerance: float32 arithmetic in the library (about ten roundings of 6e-8 on each example's
+    terms, none cancelling: the wrong score never offsets z / std) against float64 here: rtol
+    2e-5. The weightings a mistake would give differ by far more (checked below). Both
+    reductions (mean, half sum) are one program, so that the jitted variant compiles once.
+    """
+    batch = MU + np.sqrt(S2) * jax.random.normal(jax.random.key(10), SHAPE)
+    key = jax.random.key(11)
+    seen = []
+
+    def recording_score(params, x, t, key=None):
+      jax.debug.callback(lambda x: seen.append(np.asarray(x, np.float64)), x)
+      return _affine_score(params, x, t, key)
+
+    loss_fns = [losses.get_sde_loss_fn(SDES[name], recording_score, reduce_mean=reduce_mean,
+                                       likelihood_weighting=True) for reduce_mean in (True, False)]
+    results = self.variant(lambda key, batch: [fn(None, key, batch) for fn in loss_fns])(
+        key, batch)
+    jax.effects_barrier()
+    t, z = _draws(key, SHAPE)
+    if self.variant.type == chex.ChexVariantType.WITHOUT_JIT:
+      np.testing.assert_array_equal(results[0][1]['t'], t)
+    else:  # XLA may fuse u (T - eps) + eps into one multiply-add: one rounding fewer
+      np.testing.assert_array_max_ulp(results[0][1]['t'], t, maxulp=1)
+    t64 = np.asarray(t, np.float64)
+    m, std = gaussian.mean_std(name, t64)
+    col = lambda a: a.reshape((-1, 1, 1))
+    assert len(seen) == 2
+    for x_t in seen:
+      np.testing.assert_allclose(x_t, col(m) * np.asarray(batch, np.float64)
+                                 + col(std) * np.asarray(z, np.float64), rtol=1e-5, atol=1e-5)
+
+    for reduce_mean, (loss, aux) in zip((True, False), results):
+      np.testing.assert_array_equal(aux['t'], results[0][1]['t'])
+      expected = _weighted_losses(name, batch, t, z, reduce_mean, _g2(name, t64))
+      np.testing.assert_allclose(aux['per_example'], expected, rtol=2e-5)
+      np.testing.assert_allclose(loss, expected.mean(), rtol=2e-5)
+
+      # The test tells the right weighting from the wrong ones: std^2 (no likelihood weighting),
+      # VP's beta for sub-VP (or sub-VP's discount for VP), a missing 1/2 or mean.
+      wrong = [_weighted_losses(name, batch, t, z, reduce_mean, std**2)]
+      if name != 'vesde':
+        other = 'subvpsde' if name == 'vpsde' else 'vpsde'
+        wrong.append(_weighted_losses(name, batch, t, z, reduce_mean, _g2(other, t64)))
+      wrong.append(_weighted_losses(name, batch, t, z, not reduce_mean, _g2(name, t64)))
+      for values in wrong:
+        assert np.max(np.abs(values / expected - 1)) > 100 * 2e-5
+
+  @JIT_AND_EAGER
+  def test_smld_loss_at_exact_score(self):
+    sigmas = np.exp(np.linspace(np.log(0.01), np.log(50.0), 1000))
+    score = _level_score(lambda i: (jnp.ones_like(i, jnp.float32), jnp.asarray(sigmas)[i]))
+    loss_fn = self.variant(losses.get_smld_loss_fn(sde_lib.VESDE(), score, reduce_mean=True))
+    batch = _data(jax.random.key(6))
+    loss, aux = loss_fn(1.0, jax.random.key(7), batch)
+    expected = np.mean(S2 / (S2 + sigmas**2))
+    _within_standard_errors(loss, aux['per_example'], expected)
+    assert loss_fn(1.1, jax.random.key(7), batch)[0] > loss
+    # reduce_mean=False: half the sum over the DIM dimensions.
+    loss_sum_fn = self.variant(losses.get_smld_loss_fn(sde_lib.VESDE(), score, reduce_mean=False))
+    np.testing.assert_allclose(loss_sum_fn(1.0, jax.random.key(7), batch)[0], 0.5 * DIM * loss,
+                               rtol=1e-5)
+
+  @JIT_AND_EAGER
+  def test_ddpm_loss_at_exact_score(self):
+    betas = np.linspace(0.1 / 1000, 20.0 / 1000, 1000)
+    abar = np.cumprod(1 - betas)
+    score = _level_score(lambda i: (jnp.sqrt(jnp.asarray(abar, jnp.float32))[i],
+                                    jnp.sqrt(1 - jnp.asarray(abar, jnp.float32))[i]))
+    loss_fn = self.variant(losses.get_ddpm_loss_fn(sde_lib.VPSDE(), score))
+    loss, aux = loss_fn(1.0, jax.random.key(9), _data(jax.random.key(8)))
+    expected = np.mean(abar * S2 / (abar * S2 + 1 - abar))
+    _within_standard_errors(loss, aux['per_example'], expected)
+    assert loss_fn(0.9, jax.random.key(9), _data(jax.random.key(8)))[0] > loss
 
 
 def test_discrete_levels_round_trip():

@@ -1,4 +1,10 @@
-"""SDEs against closed forms (tests/gaussian.py), numpy tables and simulation."""
+"""SDEs against closed forms (tests/gaussian.py and the paper's f, g below), numpy tables and
+simulation.
+
+Every method of the three SDEs (``sde``, ``marginal_prob``, ``prior_sampling``, ``prior_logp``,
+``discretize``, ``reverse``) runs under ``chex.variants``: once jitted and once eagerly
+(:class:`ClosedFormTest`), on a handful of values.
+"""
 
 import chex
 import jax
@@ -6,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from absl.testing import parameterized
 from scipy import stats
 
 from sde_jax import sde as sde_lib
@@ -13,18 +20,118 @@ from tests import gaussian
 
 SDES = {'vesde': sde_lib.VESDE(), 'vpsde': sde_lib.VPSDE(), 'subvpsde': sde_lib.SubVPSDE()}
 NAMES = sorted(SDES)
+# Each test of ClosedFormTest runs once per SDE name (and then per chex variant).
+EACH_SDE = parameterized.named_parameters((name, name) for name in NAMES)
+# Jitted and eager: chex.variants makes one test of each, and self.variant(fn) is fn jitted or not.
+JIT_AND_EAGER = chex.variants(with_jit=True, without_jit=True)
 
 
-@pytest.mark.parametrize('name', NAMES)
-def test_marginal_prob_matches_closed_form(name):
-  sde = SDES[name]
-  t = jnp.linspace(1e-5, 1.0, 7)
-  x = jnp.tile(jnp.array([[1.5, -0.5]]), (7, 1))
-  mean, std = jax.jit(sde.marginal_prob)(x, t)
-  m, s = gaussian.mean_std(name, np.asarray(t, np.float64))
-  np.testing.assert_allclose(std, s, rtol=1e-5)
-  np.testing.assert_allclose(mean, m[:, None] * np.asarray(x), rtol=1e-5)
-  chex.assert_shape(std, (7,))
+def _col(a, ndim):
+  """(B,) -> (B, 1, ..., 1) with ndim axes."""
+  return np.reshape(a, (-1,) + (1,) * (ndim - 1))
+
+
+def _drift_diffusion(name, x, t):
+  """The paper's ``f(x, t) = c(t) x`` and ``g(t)`` in float64 (tests/gaussian.py)."""
+  x = np.asarray(x, np.float64)
+  c, g = gaussian.sde_coefficients(name, t)
+  return _col(c, x.ndim) * x, g
+
+
+def _discrete_step(name, x, t, n=1000):
+  """``(f_i, G_i)`` of one step ``x_{i+1} = x_i + f_i + G_i z`` of the discrete chain at level
+  ``i = floor(t (n - 1))``, float64: SMLD ``G_i = sqrt(sigma_i^2 - sigma_{i-1}^2)``
+  (``sigma_{-1} = 0``), DDPM ``f_i = (sqrt(1 - beta_i) - 1) x``, ``G_i = sqrt(beta_i)``, and
+  Euler–Maruyama with ``dt = 1 / n`` for sub-VP."""
+  x, t = np.asarray(x, np.float64), np.asarray(t, np.float64)
+  level = np.floor(t * (n - 1)).astype(int)
+  if name == 'vesde':
+    sigmas = np.exp(np.linspace(np.log(gaussian.SIGMA_MIN), np.log(gaussian.SIGMA_MAX), n))
+    previous = np.where(level == 0, 0.0, sigmas[np.maximum(level - 1, 0)])
+    return np.zeros_like(x), np.sqrt(sigmas[level]**2 - previous**2)
+  if name == 'vpsde':
+    beta = np.linspace(gaussian.BETA_MIN / n, gaussian.BETA_MAX / n, n)[level]
+    return (np.sqrt(1 - _col(beta, x.ndim)) - 1) * x, np.sqrt(beta)
+  f, g = _drift_diffusion(name, x, t)
+  return f / n, g / np.sqrt(n)
+
+
+class ClosedFormTest(chex.TestCase):
+  """Each SDE method, jitted and eager, against its closed form."""
+
+  @JIT_AND_EAGER
+  @EACH_SDE
+  def test_marginal_prob(self, name):
+    t = jnp.linspace(1e-5, 1.0, 7)
+    x = jnp.tile(jnp.array([[1.5, -0.5]]), (7, 1))
+    mean, std = self.variant(SDES[name].marginal_prob)(x, t)
+    m, s = gaussian.mean_std(name, np.asarray(t, np.float64))
+    chex.assert_shape(std, (7,))
+    np.testing.assert_allclose(std, s, rtol=1e-5)
+    np.testing.assert_allclose(mean, m[:, None] * np.asarray(x), rtol=1e-5)
+
+  @JIT_AND_EAGER
+  @EACH_SDE
+  def test_sde(self, name):
+    x = jax.random.normal(jax.random.key(3), (4, 2, 2, 1))
+    t = jnp.array([1e-3, 0.3, 0.7, 1.0])
+    drift, diffusion = self.variant(SDES[name].sde)(x, t)
+    f, g = _drift_diffusion(name, x, t)
+    chex.assert_shape([drift, diffusion], [x.shape, (4,)])
+    np.testing.assert_allclose(drift, f, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(diffusion, g, rtol=1e-5)
+
+  @JIT_AND_EAGER
+  @EACH_SDE
+  def test_discretize_and_alpha(self, name):
+    sde = SDES[name]
+    t = jnp.array([0.0, 0.3, 0.5, 1.0])
+    x = jax.random.normal(jax.random.key(4), (4, 2, 2, 1))
+    f, g = self.variant(sde.discretize)(x, t)
+    f_i, g_i = _discrete_step(name, x, t)
+    np.testing.assert_allclose(f, f_i, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(g, g_i, rtol=1e-4, atol=1e-8)
+    # The DDPM alpha_i = 1 - beta_i (sub-VP has VP's tables) that the Langevin correctors use.
+    level = np.floor(np.asarray(t, np.float64) * 999).astype(int)
+    betas = np.linspace(gaussian.BETA_MIN / 1000, gaussian.BETA_MAX / 1000, 1000)
+    alpha = np.ones(4) if name == 'vesde' else 1 - betas[level]
+    np.testing.assert_allclose(self.variant(sde.alpha)(t), alpha, rtol=1e-6)
+
+  @JIT_AND_EAGER
+  @EACH_SDE
+  def test_prior(self, name):
+    sde = SDES[name]
+    z = self.variant(lambda key: sde.prior_sampling(key, (4000, 3, 3, 1)))(jax.random.key(1))
+    chex.assert_shape(z, (4000, 3, 3, 1))
+    scale = gaussian.prior_std(name)
+    assert abs(np.std(np.asarray(z)) / scale - 1) < 0.02  # 36000 draws: SE of std is 0.4%
+    logp = self.variant(sde.prior_logp)(z[:5])
+    expected = stats.norm.logpdf(np.asarray(z[:5], np.float64), scale=scale).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(logp, expected, rtol=1e-5)
+
+  @JIT_AND_EAGER
+  @parameterized.named_parameters((f'{name}_{kind}', name, kind == 'flow')
+                                  for name in NAMES for kind in ('sde', 'flow'))
+  def test_reverse(self, name, probability_flow):
+    """``f - c g^2 score`` and ``g`` (or 0), ``c = 1`` (1/2 for the flow), for the SDE and for
+    its discrete chain, with the score ``-2 x``.
+
+    rtol 1e-4 for the chain, as in test_discretize_and_alpha: VE's ``sigma_i^2 - sigma_{i-1}^2``
+    cancels in float32 (sigma_i^2 is ~120 times the difference: ~1e-5 relative, measured 1.5e-5).
+    """
+    sde = SDES[name]
+    x = jax.random.normal(jax.random.key(2), (3, 2, 2, 1))
+    t = jnp.array([0.1, 0.5, 0.9])
+    rsde = sde.reverse(lambda x, t: -2.0 * x, probability_flow)
+    assert rsde.N == sde.N and rsde.T == sde.T
+    c = 0.5 if probability_flow else 1.0
+    x64 = np.asarray(x, np.float64)
+    for method, forward, rtol in ((rsde.sde, _drift_diffusion, 1e-5),
+                                  (rsde.discretize, _discrete_step, 1e-4)):
+      drift, diffusion = self.variant(method)(x, t)
+      f, g = forward(name, x, t)
+      np.testing.assert_allclose(drift, f + c * _col(g, 4)**2 * 2 * x64, rtol=rtol, atol=1e-6)
+      np.testing.assert_allclose(diffusion, 0.0 if probability_flow else g, rtol=rtol)
 
 
 def _simulate_forward(sde, x0, t_end, n_steps, key):
@@ -76,23 +183,6 @@ def test_vp_discrete_tables_match_ddpm():
   np.testing.assert_allclose(np.sqrt(abar[-1]), m_T, rtol=0.04)
 
 
-@pytest.mark.parametrize('name', ['vpsde', 'subvpsde'])
-def test_vp_discretize_and_alpha(name):
-  sde = SDES[name]
-  t = jnp.array([0.0, 0.5, 1.0])
-  x = jnp.ones((3, 2, 2, 1))
-  i = np.floor(np.asarray(t) * 999).astype(int)
-  betas = np.linspace(0.1 / 1000, 20.0 / 1000, 1000)
-  np.testing.assert_allclose(sde.alpha(t), 1 - betas[i], rtol=1e-6)
-  f, g = sde.discretize(x, t)
-  if name == 'vpsde':  # DDPM form
-    np.testing.assert_allclose(f[:, 0, 0, 0], np.sqrt(1 - betas[i]) - 1, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(g, np.sqrt(betas[i]), rtol=1e-5)
-  else:  # Euler–Maruyama with dt = 1/N
-    beta_t = 0.1 + np.asarray(t) * 19.9
-    np.testing.assert_allclose(f[:, 0, 0, 0], -0.5 * beta_t / 1000, rtol=1e-5)
-    disc = 1 - np.exp(-2 * 0.1 * np.asarray(t) - 19.9 * np.asarray(t) ** 2)
-    np.testing.assert_allclose(g, np.sqrt(beta_t * disc / 1000), rtol=1e-4, atol=1e-8)
 
 
 def test_ve_discretize_is_smld_chain():
@@ -106,37 +196,8 @@ def test_ve_discretize_is_smld_chain():
   np.testing.assert_array_equal(f, 0.0)
 
 
-@pytest.mark.parametrize('name', NAMES)
-def test_prior(name):
-  sde = SDES[name]
-  z = sde.prior_sampling(jax.random.key(1), (4000, 3, 3, 1))
-  scale = gaussian.prior_std(name)
-  assert abs(np.std(np.asarray(z)) / scale - 1) < 0.02  # 36000 draws: SE of std is 0.4%
-  logp = sde.prior_logp(z[:5])
-  expected = stats.norm.logpdf(np.asarray(z[:5], np.float64), scale=scale).sum(axis=(1, 2, 3))
-  np.testing.assert_allclose(logp, expected, rtol=1e-5)
 
 
-@pytest.mark.parametrize('name', NAMES)
-@pytest.mark.parametrize('probability_flow', [False, True])
-def test_reverse(name, probability_flow):
-  sde = SDES[name]
-  x = jax.random.normal(jax.random.key(2), (3, 2, 2, 1))
-  t = jnp.array([0.1, 0.5, 0.9])
-  score = lambda x, t: -2.0 * x  # noqa: E731
-  rsde = sde.reverse(score, probability_flow)
-  drift, diffusion = rsde.sde(x, t)
-  f, g = sde.sde(x, t)
-  c = 0.5 if probability_flow else 1.0
-  np.testing.assert_allclose(drift, f + c * np.asarray(g)[:, None, None, None]**2 * 2 * x,
-                             rtol=1e-5)
-  np.testing.assert_allclose(diffusion, 0.0 if probability_flow else g)
-  fd, gd = sde.discretize(x, t)
-  rf, rg = rsde.discretize(x, t)
-  np.testing.assert_allclose(rf, fd + c * np.asarray(gd)[:, None, None, None]**2 * 2 * x,
-                             rtol=1e-5)
-  np.testing.assert_allclose(rg, 0.0 if probability_flow else gd)
-  assert rsde.N == sde.N and rsde.T == sde.T
 
 
 @pytest.mark.parametrize('name', NAMES)
