@@ -8,7 +8,7 @@ checkpoints; :func:`torch_layout` maps them onto the PyTorch port's ``all_module
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -18,6 +18,7 @@ from sde_jax.models import compute
 from sde_jax.models.layers import (NIN, conv3x3, default_init, get_act, self_attention,
                                    timestep_embedding, ve_sigmas)
 from sde_jax.models.normalization import get_normalization
+from sde_jax.models.unet import UNet
 
 Array = jax.Array
 
@@ -86,9 +87,9 @@ class Downsample(nn.Module):
     return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding='SAME')
 
 
-class DDPM(nn.Module):
+class DDPM(UNet):
   """The DDPM U-Net. Fields are the original config's ``model.*`` names (``centered`` is
-  ``data.centered``).
+  ``data.centered``); the first seven are :class:`~sde_jax.models.unet.UNet`'s.
 
   Called as ``model(x, labels, train)`` with ``x`` NHWC in model space ([0, 1], mapped to
   [-1, 1] here unless ``centered``) and ``labels`` the time labels fed to the sinusoidal
@@ -97,13 +98,6 @@ class DDPM(nn.Module):
   integer indices.
   """
 
-  nf: int = 128
-  ch_mult: Sequence[int] = (1, 2, 2, 2)
-  num_res_blocks: int = 2
-  attn_resolutions: Sequence[int] = (16,)
-  dropout: float = 0.1
-  resamp_with_conv: bool = True
-  conditional: bool = True
   centered: bool = True
   nonlinearity: str = 'swish'
   normalization: str = 'GroupNorm'
@@ -117,8 +111,7 @@ class DDPM(nn.Module):
   def _temb(self, labels: Array, act: Callable) -> Optional[Array]:
     if not self.conditional:
       return None
-    temb = nn.Dense(self.nf * 4, kernel_init=default_init())(timestep_embedding(labels, self.nf))
-    return nn.Dense(self.nf * 4, kernel_init=default_init())(act(temb))
+    return self.embedding_mlp(timestep_embedding(labels, self.nf), act)
 
   @nn.compact
   def __call__(self, x: Array, labels: Array, train: bool = True) -> Array:
@@ -135,24 +128,14 @@ class DDPM(nn.Module):
     # Downsampling path; ``hs`` keeps every output for the skip connections.
     hs = [conv3x3(h, self.nf)]
     for level in range(n_levels):
-      for _ in range(self.num_res_blocks):
-        h = resnet(out_ch=self.nf * self.ch_mult[level])(hs[-1], temb, train)
-        if h.shape[1] in self.attn_resolutions:
-          h = attn()(h)
-        hs.append(h)
+      self.down_level(level, resnet, attn, hs, temb, train)
       if level != n_levels - 1:
         hs.append(Downsample(with_conv=self.resamp_with_conv)(hs[-1]))
 
-    h = resnet()(hs[-1], temb, train)
-    h = attn()(h)
-    h = resnet()(h, temb, train)
+    h = self.bottleneck(resnet, attn, hs[-1], temb, train)
 
     for level in reversed(range(n_levels)):
-      for _ in range(self.num_res_blocks + 1):
-        h = resnet(out_ch=self.nf * self.ch_mult[level])(
-            jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
-      if h.shape[1] in self.attn_resolutions:
-        h = attn()(h)
+      h = self.up_level(level, resnet, attn, h, hs, temb, train)
       if level != 0:
         h = Upsample(with_conv=self.resamp_with_conv)(h)
     assert not hs

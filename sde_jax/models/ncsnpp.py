@@ -21,6 +21,7 @@ from sde_jax.models import compute, resample
 from sde_jax.models.layers import (NIN, GaussianFourierProjection, conv1x1, conv3x3,
                                    default_init, get_act, group_norm, self_attention,
                                    timestep_embedding, ve_sigmas)
+from sde_jax.models.unet import UNet
 
 Array = jax.Array
 
@@ -171,8 +172,9 @@ class ResnetBlockBigGANpp(nn.Module):
     return _merge(x, h, self.skip_rescale)
 
 
-class NCSNpp(nn.Module):
-  """The NCSN++ / DDPM++ U-Net. Fields are the original config's ``model.*`` names.
+class NCSNpp(UNet):
+  """The NCSN++ / DDPM++ U-Net. Fields are the original config's ``model.*`` names; the first
+  seven are :class:`~sde_jax.models.unet.UNet`'s.
 
   Called as ``model(x, labels, train)`` with ``x`` NHWC in model space and ``labels`` the noise
   levels sigma (Fourier embedding of log sigma) or time labels (positional embedding). With
@@ -180,13 +182,7 @@ class NCSNpp(nn.Module):
   ``sigmas[labels]``, the discrete VE levels), so the network predicts ``-z / sigma``.
   """
 
-  nf: int = 128
-  ch_mult: Sequence[int] = (1, 2, 2, 2)
-  num_res_blocks: int = 4
-  attn_resolutions: Sequence[int] = (16,)
-  dropout: float = 0.1
-  resamp_with_conv: bool = True
-  conditional: bool = True
+  num_res_blocks: int = 4  # UNet's field, with the original NCSN++ configs' default
   fir: bool = True
   fir_kernel: Sequence[int] = (1, 3, 3, 1)
   skip_rescale: bool = True
@@ -229,8 +225,7 @@ class NCSNpp(nn.Module):
       used_sigmas = jnp.asarray(sigmas)[labels.astype(jnp.int32)]
     if not self.conditional:
       return None, used_sigmas
-    temb = nn.Dense(self.nf * 4, kernel_init=default_init())(temb)
-    return nn.Dense(self.nf * 4, kernel_init=default_init())(act(temb)), used_sigmas
+    return self.embedding_mlp(temb, act), used_sigmas
 
   def _blocks(self, act: Callable):
     """(ResnetBlock, AttnBlock) constructors with the shared settings bound."""
@@ -264,11 +259,7 @@ class NCSNpp(nn.Module):
     input_pyramid = x
     hs = [conv3x3(x, self.nf)]
     for level in range(n_levels):
-      for _ in range(self.num_res_blocks):
-        h = resnet(out_ch=self.nf * self.ch_mult[level])(hs[-1], temb, train)
-        if h.shape[1] in self.attn_resolutions:
-          h = attn()(h)
-        hs.append(h)
+      self.down_level(level, resnet, attn, hs, temb, train)
       if level == n_levels - 1:
         continue
       if self.resblock_type == 'ddpm':
@@ -284,18 +275,12 @@ class NCSNpp(nn.Module):
         h = input_pyramid = _merge(input_pyramid, h, self.skip_rescale)
       hs.append(h)
 
-    h = resnet()(hs[-1], temb, train)
-    h = attn()(h)
-    h = resnet()(h, temb, train)
+    h = self.bottleneck(resnet, attn, hs[-1], temb, train)
 
     # Upsampling path; ``pyramid`` is the output pyramid of progressive growing.
     pyramid = None
     for level in reversed(range(n_levels)):
-      for _ in range(self.num_res_blocks + 1):
-        h = resnet(out_ch=self.nf * self.ch_mult[level])(
-            jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
-      if h.shape[1] in self.attn_resolutions:
-        h = attn()(h)
+      h = self.up_level(level, resnet, attn, h, hs, temb, train)
       if self.progressive == 'output_skip':
         if pyramid is not None:
           pyramid = Upsample(with_conv=False, **resample_kw)(pyramid)

@@ -6,6 +6,11 @@ Class names and creation order are the original's: Flax names parameters after t
 (``ResidualBlock_3/Conv_1/kernel`` ...), so they are the names of the original checkpoints.
 ``flavour`` ('jax' or 'pytorch') picks score_sde's or score_sde_pytorch's numerics where they
 differ (see :mod:`sde_jax.models.ncsnv2`).
+
+Each block's computation is one function (``_residual``, ``_rcu``, ``_fuse``, ``_chained_pool``)
+that the plain and the conditional (``Cond...``) class both call; only their field declarations
+repeat. They stay apart: each class name is part of the parameter names, and a shared base class
+would put its fields first, changing the positional order the callers construct them with.
 """
 
 from __future__ import annotations
@@ -84,6 +89,11 @@ def resize_bilinear(x: Array, shape: Sequence[int], flavour: str) -> Array:
   return x
 
 
+def _conditioned(normalizer: Callable[[], nn.Module], y: Array) -> Callable[[Array], Array]:
+  """``h -> normalizer()(h, y)``: each call creates one noise-conditional norm in the caller."""
+  return lambda h: normalizer()(h, y)
+
+
 class ConvMeanPool(nn.Module):
   """Convolution, then 2x2 mean pooling."""
 
@@ -147,8 +157,8 @@ class ConditionalResidualBlock(_ResidualFields):
 
   @nn.compact
   def __call__(self, x: Array, y: Array) -> Array:
-    norm = lambda h: self.normalization()(h, y)  # noqa: E731
-    return _residual(x, norm, self.output_dim, self.resample, self.act, self.dilation)
+    return _residual(x, _conditioned(self.normalization, y), self.output_dim, self.resample,
+                     self.act, self.dilation)
 
 
 def _rcu(x: Array, norm: Optional[Callable], features: int, n_blocks: int, n_stages: int,
@@ -186,7 +196,7 @@ class CondRCUBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, y: Array) -> Array:
-    norm = lambda h: self.normalizer()(h, y)  # noqa: E731
+    norm = _conditioned(self.normalizer, y)
     return _rcu(x, norm, self.features, self.n_blocks, self.n_stages, self.act)
 
 
@@ -230,7 +240,7 @@ class CondMSFBlock(nn.Module):
 
   @nn.compact
   def __call__(self, xs: Sequence[Array], y: Array) -> Array:
-    norm = lambda h: self.normalizer()(h, y)  # noqa: E731
+    norm = _conditioned(self.normalizer, y)
     return _fuse(xs, norm, self.shape, self.features, self.interpolation, self.flavour)
 
 
@@ -270,7 +280,7 @@ class CondCRPBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array, y: Array) -> Array:
-    norm = lambda h: self.normalizer()(h, y)  # noqa: E731
+    norm = _conditioned(self.normalizer, y)
     return _chained_pool(self.act(x), norm, self.features, self.n_stages, nn.avg_pool)
 
 

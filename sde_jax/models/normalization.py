@@ -39,6 +39,20 @@ def _f32(x: Array) -> Array:
   return x.astype(jnp.float32)
 
 
+def _scale_and_shift(module: nn.Module, h: Array, x: Array, scale: str, scale_init: Callable,
+                     bias: str) -> Array:
+  """``h * scale (+ bias)`` with per-channel params of shape (1, 1, 1, C), in ``x``'s dtype.
+
+  The params are created in ``module`` (a Module with a ``bias`` field), under the names the
+  original gives them, scale first: the creation order sets their initial random draws.
+  """
+  shape = (1, 1, 1, x.shape[-1])
+  h = h * module.param(scale, scale_init, shape)
+  if module.bias:
+    h = h + module.param(bias, nn.initializers.zeros, shape)
+  return h.astype(x.dtype)
+
+
 def _instance_normalise(x: Array) -> Array:
   """``(x - mu_c) / sqrt(s_c^2 + eps)`` per example and channel, statistics over H and W."""
   mean = jnp.mean(x, axis=(1, 2), keepdims=True)
@@ -61,11 +75,8 @@ class InstanceNorm2d(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    shape = (1, 1, 1, x.shape[-1])
-    h = _instance_normalise(_f32(x)) * self.param('scale', nn.initializers.ones, shape)
-    if self.bias:
-      h = h + self.param('bias', nn.initializers.zeros, shape)
-    return h.astype(x.dtype)
+    h = _instance_normalise(_f32(x))
+    return _scale_and_shift(self, h, x, 'scale', nn.initializers.ones, 'bias')
 
 
 class VarianceNorm2d(nn.Module):
@@ -79,13 +90,9 @@ class VarianceNorm2d(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    shape = (1, 1, 1, x.shape[-1])
     x32 = _f32(x)
     h = x32 / jnp.sqrt(jnp.var(x32, axis=(1, 2), keepdims=True, ddof=self.ddof) + EPS)
-    h = h * self.param('scale', _near_one, shape)
-    if self.bias:
-      h = h + self.param('bias', nn.initializers.zeros, shape)
-    return h.astype(x.dtype)
+    return _scale_and_shift(self, h, x, 'scale', _near_one, 'bias')
 
 
 class InstanceNorm2dPlus(nn.Module):
@@ -96,14 +103,10 @@ class InstanceNorm2dPlus(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    shape = (1, 1, 1, x.shape[-1])
     x32 = _f32(x)
-    h = _instance_normalise(x32)
-    h = h + _standardised_means(x32, self.ddof) * self.param('alpha', _near_one, shape)
-    h = h * self.param('gamma', _near_one, shape)
-    if self.bias:
-      h = h + self.param('beta', nn.initializers.zeros, shape)
-    return h.astype(x.dtype)
+    alpha = self.param('alpha', _near_one, (1, 1, 1, x.shape[-1]))
+    h = _instance_normalise(x32) + _standardised_means(x32, self.ddof) * alpha
+    return _scale_and_shift(self, h, x, 'gamma', _near_one, 'beta')
 
 
 class ConditionalInstanceNorm2dPlus(nn.Module):

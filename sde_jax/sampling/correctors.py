@@ -62,6 +62,13 @@ def _check(name: str, snr: float, n_steps: int) -> None:
     raise ValueError(' '.join(problems))
 
 
+def _langevin_corrector(name: str, snr: float, n_steps: int, step_size: StepSize) -> Corrector:
+  """The corrector called ``name``: ``n_steps`` Langevin steps of size ``step_size``, after
+  checking ``snr`` and ``n_steps``."""
+  _check(name, snr, n_steps)
+  return Corrector(_langevin_chain(step_size, n_steps), evals=n_steps)
+
+
 def langevin(sde: SDE, snr: float, n_steps: int) -> Corrector:
   """Langevin corrector with the step set by a signal-to-noise ratio (Song et al., Alg. 4/5).
 
@@ -87,12 +94,11 @@ def langevin(sde: SDE, snr: float, n_steps: int) -> Corrector:
   Raises:
     ValueError: if ``n_steps < 1`` or ``snr <= 0``.
   """
-  _check('langevin', snr, n_steps)
 
   def step_size(x, t, grad, noise):
     return 2.0 * sde.alpha(t) * (snr * _norm(noise) / _norm(grad))**2
 
-  return Corrector(_langevin_chain(step_size, n_steps), evals=n_steps)
+  return _langevin_corrector('langevin', snr, n_steps, step_size)
 
 
 def langevin_batch(sde: SDE, snr: float, n_steps: int) -> Corrector:
@@ -103,26 +109,14 @@ def langevin_batch(sde: SDE, snr: float, n_steps: int) -> Corrector:
   reproduces the paper's sampler exactly and is unbiased in low dimension, but a sample then
   depends on the other samples of its batch (and so on the batch size).
 
-  Args:
-    sde: the forward SDE; gives ``alpha(t)``.
-    snr: the signal-to-noise ratio of the step-size rule above, > 0.
-    n_steps: Langevin steps per update, >= 1; step j of example i draws its noise from
-      ``fold_in(keys[i], j)``.
-
-  Returns:
-    A :class:`Corrector` with ``evals = n_steps``; its ``update(score_fn, keys, x, t)`` returns
-    ``(x, x_mean)`` of the last step, both of the shape of ``x``.
-
-  Raises:
-    ValueError: if ``n_steps < 1`` or ``snr <= 0``.
+  Args, Returns, Raises: as :func:`langevin` (the same contract, another step-size rule).
   """
-  _check('langevin_batch', snr, n_steps)
 
   def step_size(x, t, grad, noise):
     ratio = jnp.mean(_norm(noise)) / jnp.mean(_norm(grad))
     return 2.0 * sde.alpha(t) * (snr * ratio)**2
 
-  return Corrector(_langevin_chain(step_size, n_steps), evals=n_steps)
+  return _langevin_corrector('langevin_batch', snr, n_steps, step_size)
 
 
 def ald(sde: SDE, snr: float, n_steps: int) -> Corrector:
@@ -130,26 +124,15 @@ def ald(sde: SDE, snr: float, n_steps: int) -> Corrector:
 
   ``sigma(t)`` is the std of the perturbation kernel ``p_{0t}``; the step does not look at x.
 
-  Args:
-    sde: the forward SDE; gives ``alpha(t)`` and the std ``sigma(t)`` of ``marginal_prob``.
-    snr: the signal-to-noise ratio of the step-size rule above, > 0.
-    n_steps: Langevin steps per update, >= 1; step j of example i draws its noise from
-      ``fold_in(keys[i], j)``.
-
-  Returns:
-    A :class:`Corrector` with ``evals = n_steps``; its ``update(score_fn, keys, x, t)`` returns
-    ``(x, x_mean)`` of the last step, both of the shape of ``x``.
-
-  Raises:
-    ValueError: if ``n_steps < 1`` or ``snr <= 0``.
+  Args, Returns, Raises: as :func:`langevin`; ``sde`` also gives ``sigma(t)`` (the std of
+  ``marginal_prob``).
   """
-  _check('ald', snr, n_steps)
 
   def step_size(x, t, grad, noise):
     std = sde.marginal_prob(x, t)[1]
     return 2.0 * sde.alpha(t) * (snr * std)**2
 
-  return Corrector(_langevin_chain(step_size, n_steps), evals=n_steps)
+  return _langevin_corrector('ald', snr, n_steps, step_size)
 
 
 def none(sde: SDE, snr: float, n_steps: int) -> Corrector:

@@ -81,13 +81,8 @@ def pc_steps(sde: SDE, shape: tuple[int, ...], predictor: str, corrector: str, s
   low-dimensional data, at the sampler factory's caller.
 
   Args:
-    sde: the forward SDE.
-    shape: ``(B, ...)``, the shape of one batch of samples.
-    predictor: a name in :data:`PREDICTORS`.
-    corrector: a name in :data:`CORRECTORS`.
-    snr: signal-to-noise ratio of the Langevin correctors.
-    n_steps: corrector steps per time step.
-    probability_flow: predict with the probability-flow ODE instead of the reverse SDE.
+    sde, shape, predictor, corrector, snr, n_steps, probability_flow: as in
+      :func:`get_pc_sampler`.
 
   Returns:
     ``(shape, predictor, corrector)``: ``shape`` as a tuple of ints and the
