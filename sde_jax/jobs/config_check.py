@@ -54,12 +54,6 @@ from sde_jax.train.schedule import schedule_problems
 
 COMMANDS = ('train', 'sample', 'eval', 'inpaint', 'colorize', 'class', 'train-classifier',
             'train-projection', 'fid-stats', 'import')
-# What takes sqrt(1 - beta_i) of the DDPM chain, and for which SDEs: predictors ...
-_CHAIN_PREDICTORS = {'reverse_diffusion': (sde_lib.VPSDE,),
-                     'ancestral_sampling': (sde_lib.VPSDE,)}
-# ... and correctors (their step size has the factor alpha = 1 - beta_i, under a sqrt).
-_CHAIN_CORRECTORS = {name: (sde_lib.VPSDE, sde_lib.SubVPSDE)
-                     for name in ('langevin', 'langevin_batch', 'ald')}
 _ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 # The commands that read the data set's images (a folder of them is scanned before they start).
 _READS_DATA = ('train', 'eval', 'fid-stats', 'train-classifier', 'train-projection')
@@ -269,23 +263,12 @@ def _option_checks() -> dict[str, Callable[..., list[str]]]:
 
 
 def _pc_problems(sde, options: dict, found: _Problems) -> list[str]:
-  """The predictor and the corrector, each through its factory (names, SDE, snr, n_steps)."""
-  predictor, corrector = options['predictor'], options['corrector']
-  make = found.attempt(pc.lookup, pc.PREDICTORS, predictor, 'sampling.predictor')
-  if make is not None:
-    found.attempt(make, sde, options['probability_flow'], where='config.sampling')
-  make = found.attempt(pc.lookup, pc.CORRECTORS, corrector, 'sampling.corrector')
-  if make is not None:  # n_steps is sampling.n_steps_each
-    found.attempt(make, sde, options['snr'], options['n_steps'], where='config.sampling')
-  if predictor == 'none' and corrector == 'none':
-    found.append("sampling.predictor='none' with sampling.corrector='none' never evaluates the "
-                 'score; expected at least one of them.')
-  users = []
-  if isinstance(sde, _CHAIN_PREDICTORS.get(predictor, ())):
-    users.append(f'sampling.predictor={predictor!r}')
-  if isinstance(sde, _CHAIN_CORRECTORS.get(corrector, ())):
-    users.append(f'sampling.corrector={corrector!r}')
-  return users
+  """The predictor and the corrector (:func:`sde_jax.sampling.pc.option_problems`); returns those
+  that take the DDPM chain's square roots."""
+  args = (options['predictor'], options['corrector'])  # n_steps is sampling.n_steps_each
+  found.extend(pc.option_problems(sde, *args, options['snr'], options['n_steps'],
+                                  options['probability_flow'], where='sampling'))
+  return pc.chain_users(sde, *args, where='sampling')
 
 
 def _eval_problems(config, command: str, found: _Problems):

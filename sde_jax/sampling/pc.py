@@ -20,7 +20,7 @@ import numpy as np
 from sde_jax import rng
 from sde_jax.sampling.correctors import CORRECTORS
 from sde_jax.sampling.predictors import PREDICTORS
-from sde_jax.sde import SDE
+from sde_jax.sde import SDE, SubVPSDE, VPSDE
 
 Array = jax.Array
 # score_fn(params, x, t) -> score; the samplers bind params themselves.
@@ -29,6 +29,10 @@ ParamScoreFn = Callable[[Any, Array, Array], Array]
 # Stage ids folded into the per-example keys, so that no two stages share a random stream.
 # Below this many dimensions per example the per-example Langevin rule's bias (2/d) exceeds 2%.
 MIN_LANGEVIN_DIM = 100
+# The steps that take sqrt(1 - beta_i) of the DDPM chain (NaN once beta_i >= 1), and for which
+# SDEs: the predictors ... and the correctors (their step size has alpha = 1 - beta_i under a sqrt).
+CHAIN_PREDICTORS = {'reverse_diffusion': (VPSDE,), 'ancestral_sampling': (VPSDE,)}
+CHAIN_CORRECTORS = {name: (VPSDE, SubVPSDE) for name in ('langevin', 'langevin_batch', 'ald')}
 
 
 def check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -57,6 +61,44 @@ def lookup(table: Mapping[str, Callable], name: str, what: str) -> Callable:
   if name not in table:
     raise ValueError(f'{what}={name!r} is not known; expected one of {sorted(table)}.')
   return table[name]
+
+
+def option_problems(sde: SDE, predictor: str, corrector: str, snr: float, n_steps: int,
+                    probability_flow: bool, where: str = '') -> list[str]:
+  """What is wrong with these options of :func:`get_pc_sampler`, one line each, found by the
+  factories of the predictor and the corrector (which build nothing that runs).
+
+  Args:
+    sde, predictor, corrector, snr, n_steps, probability_flow: as in :func:`get_pc_sampler`.
+    where: the options' section in a config (``'sampling'``), named in the messages.
+  """
+  prefix = f'{where}.' if where else ''
+  problems = []
+  for table, name, what, args in ((PREDICTORS, predictor, 'predictor', (sde, probability_flow)),
+                                  (CORRECTORS, corrector, 'corrector', (sde, snr, n_steps))):
+    if name not in table:
+      problems.append(f'{prefix}{what}={name!r} is not known; expected one of {sorted(table)}.')
+      continue
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the sampler's factory warns again when it is built
+        table[name](*args)
+    except (ValueError, TypeError) as e:
+      problems.append(f'{where or what}: {e}')
+  if predictor == 'none' and corrector == 'none':
+    problems.append(f"{prefix}predictor='none' with {prefix}corrector='none' never evaluates "
+                    'the score; expected at least one of them.')
+  return problems
+
+
+def chain_users(sde: SDE, predictor: str, corrector: str, where: str = '') -> list[str]:
+  """The steps among ``predictor`` and ``corrector`` that take ``sqrt(1 - beta_i)`` of the DDPM
+  chain of ``sde`` (:data:`CHAIN_PREDICTORS`, :data:`CHAIN_CORRECTORS`), described as
+  ``"sampling.predictor='ancestral_sampling'"`` (``where='sampling'``)."""
+  prefix = f'{where}.' if where else ''
+  return [f'{prefix}{what}={name!r}' for what, name, table in (
+      ('predictor', predictor, CHAIN_PREDICTORS), ('corrector', corrector, CHAIN_CORRECTORS))
+          if isinstance(sde, table.get(name, ()))]
 
 
 def prior_sample(sde: SDE, keys: Array, shape: tuple[int, ...]) -> Array:
