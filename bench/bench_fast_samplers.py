@@ -15,6 +15,17 @@ measured and printed with the tables.
   python bench/bench_fast_samplers.py                          # VP and VE, 131072 samples
   python bench/bench_fast_samplers.py --sde vp --num 8192      # a quick run
 
+The ``digits`` part (not in the default ``--parts``) runs the samplers instead on a trained
+digits model, e.g. the README's demo (``sde-jax train --config configs/digits/ddpmpp_continuous.py
+--workdir runs/digits``): the EMA weights of ``--digits_workdir``'s latest checkpoint, each
+sampler built from the config with ``sampling.*`` overrides as ``sde-jax sample
+--config.sampling.method=...`` builds it, all from the same prior draws (``key(config.seed)``).
+Quality: the digits judge (share of samples labelled with probability >= 0.9, classes covered)
+and the Frechet distance of the judge's 64 input features to scikit-learn's 1797 real digits:
+
+  python bench/bench_fast_samplers.py --parts digits --digits_workdir runs/digits \
+      --digits_num 256 --digits_grids /tmp/grids
+
 Prints markdown tables and writes ``--png`` (matplotlib, used by this script only) and
 ``--json``.
 """
@@ -244,6 +255,82 @@ def target_line(rows: dict, pc_steps: int, floors) -> str:
           f'{min(floors):.4f} to {max(floors):.4f}.')
 
 
+# The digits part: (label, config.sampling overrides); {} is the config's own sampler (the demo's:
+# reverse diffusion + Langevin, N = model.num_scales = 500).
+DIGITS_SAMPLERS = [
+    ('PC reverse diffusion + Langevin, N = 500 (the config\'s)', {}),
+    ('probability-flow ODE, RK45, rtol = atol = 1e-5', dict(method='ode')),
+    ('DPM-Solver++(2M), NFE 10', dict(method='dpm_solver++', nfe=10)),
+    ('DPM-Solver++(2M), NFE 20', dict(method='dpm_solver++', nfe=20)),
+    ('DPM-Solver++(3M), NFE 20', dict(method='dpm_solver++', nfe=20, order=3)),
+    ('DPM-Solver++(2M), NFE 50', dict(method='dpm_solver++', nfe=50)),
+    ('EDM Heun, NFE 35', dict(method='heun', nfe=35)),
+    ('adaptive SDE, rtol = 0.05', dict(method='adaptive_sde')),
+]
+
+
+def bench_digits(args) -> dict:
+  """Every sampler of DIGITS_SAMPLERS on the trained digits model of ``args.digits_workdir``."""
+  import os  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  from bench_predict_project import frechet, load_config, pooled  # pylint: disable=g-import-not-at-top
+  from sde_jax import checkpoints, images as images_lib, viz  # pylint: disable=g-import-not-at-top
+  from sde_jax.metrics import digits as digits_metrics  # pylint: disable=g-import-not-at-top
+  from sde_jax.score_model import ScoreModel  # pylint: disable=g-import-not-at-top
+  config = load_config(args.digits_config)
+  score_model = ScoreModel.from_config(config)
+  params, step = checkpoints.restore_ema(args.digits_workdir, score_model.abstract_params())
+  print(f'digits: EMA weights of {args.digits_workdir}, step {step}; {args.digits_num} samples '
+        f'per sampler, key(seed = {config.seed})', flush=True)
+  real = load_digits().data.astype(np.float64)
+  shape = (args.digits_num, *score_model.image_shape)
+  rows = []
+  for label, overrides in DIGITS_SAMPLERS:
+    cfg = config.copy_and_resolve_references()
+    cfg.sampling.update(overrides)
+    sampler = sampling.get_sampler_from_config(cfg, score_model.sde, shape)
+    start = time.perf_counter()
+    x, nfe = sampler(jax.random.key(config.seed), score_model.score_fn, params)
+    x = jax.block_until_ready(x)
+    seconds = time.perf_counter() - start
+    images = np.asarray(score_model.inverse_scaler(x), np.float64)
+    finite = np.isfinite(images)
+    images = np.clip(np.where(finite, images, 0.0), 0, 1)  # non-finite: black
+    judged = digits_metrics.judge_digits(images)
+    rows.append({'sampler': label, 'describe': sampling.describe_from_config(cfg),
+                 'nfe': int(nfe), 'seconds': seconds, 'non_finite': int((~finite).sum()),
+                 'confident': judged.confident_fraction, 'classes': judged.classes_covered,
+                 'class_counts': judged.class_counts, 'fd': frechet(pooled(images), real),
+                 'real_confident': judged.real_confident_fraction})
+    print(rows[-1], flush=True)
+    if args.digits_grids:
+      os.makedirs(args.digits_grids, exist_ok=True)
+      slug = re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')
+      viz.image_grid_png(os.path.join(args.digits_grids, f'{slug}.png'),
+                         viz.zoom(images_lib.to_uint8(images[:64]), 4))
+  half = np.random.default_rng(0).permutation(len(real))[:args.digits_num]
+  return {'rows': rows, 'step': step, 'workdir': args.digits_workdir, 'num': args.digits_num,
+          'fd_real': frechet(real[half], real)}
+
+
+def digits_markdown(result: dict) -> str:
+  lines = [f'### Digits model of {result["workdir"]} (EMA, step {result["step"]}), '
+           f'{result["num"]} samples per sampler', '',
+           '| sampler | NFE | confident (p >= 0.9) | classes | class counts 0-9 | FD | seconds |',
+           '|---|---:|---:|---:|---|---:|---:|']
+  for r in result['rows']:
+    bad = f' ({r["non_finite"]} non-finite values)' if r['non_finite'] else ''
+    lines.append(f'| {r["sampler"]}{bad} | {r["nfe"]} | {r["confident"]:.3f} | {r["classes"]} | '
+                 + ' '.join(str(c) for c in r['class_counts'])
+                 + f' | {r["fd"]:.1f} | {r["seconds"]:.0f} |')
+  real = result['rows'][0]['real_confident']
+  lines += ['', f'Held-out real digits: {real:.3f} confident (same judge); FD of '
+            f'{result["num"]} real digits to all 1797: {result["fd_real"]:.1f}. Seconds: the '
+            'first call, compilation included.']
+  return '\n'.join(lines)
+
+
 def plot(results: dict, floors, path: str) -> None:
   import matplotlib  # only the benchmark draws; the library does not depend on matplotlib
   matplotlib.use('Agg')
@@ -271,18 +358,29 @@ def main():
   parser.add_argument('--pc-steps', type=int, default=1000, help='N of the reference PC run')
   parser.add_argument('--png', default='docs/fast_samplers_nfe.png')
   parser.add_argument('--json', default=None)
-  parser.add_argument('--parts', nargs='+', choices=['grid', 'target', 'prior'],
+  parser.add_argument('--parts', nargs='+', choices=['grid', 'target', 'prior', 'digits'],
                       default=['grid', 'target', 'prior'],
                       help='grid: every sampler against NFE; target: 20 NFE against PC over '
-                           'seeds; prior: a few samplers from the Gaussian prior')
+                           'seeds; prior: a few samplers from the Gaussian prior; digits: the '
+                           'samplers on a trained digits model (--digits_workdir)')
+  parser.add_argument('--digits_workdir', default='runs/digits',
+                      help='digits part: a workdir whose latest checkpoint is a digits model '
+                           'trained with --digits_config (the README demo\'s by default)')
+  parser.add_argument('--digits_config', default='configs/digits/ddpmpp_continuous.py')
+  parser.add_argument('--digits_num', type=int, default=256, help='digits part: samples per '
+                      'sampler')
+  parser.add_argument('--digits_grids', default=None, help='digits part: write a PNG grid of '
+                      'each sampler\'s first 64 samples into this folder')
   args = parser.parse_args()
-  print(f'devices: {jax.devices()}; jax {jax.__version__}; {args.num} samples per sampler')
-  distance = SlicedW2(args.num)
-  floors = [distance(exact_samples(args.num, seed)) for seed in range(1, 6)]
-  floor = float(np.mean(floors))
-  print(f'noise floor: sliced W2 of {args.num} exact samples, 5 draws: '
-        + ', '.join(f'{f:.4f}' for f in floors))
-  results, target, mismatch = {}, {}, {}
+  print(f'devices: {jax.devices()}; jax {jax.__version__}')
+  results, target, mismatch, digits, floors = {}, {}, {}, None, []
+  if set(args.parts) - {'digits'}:
+    print(f'{args.num} samples per sampler')
+    distance = SlicedW2(args.num)
+    floors = [distance(exact_samples(args.num, seed)) for seed in range(1, 6)]
+    floor = float(np.mean(floors))
+    print(f'noise floor: sliced W2 of {args.num} exact samples, 5 draws: '
+          + ', '.join(f'{f:.4f}' for f in floors))
   for name in args.sde if 'grid' in args.parts else []:
     results[name] = bench_sde(name, args.num, distance, args.pc_steps)
     print('\n' + markdown(name, results[name], floor) + '\n\n' + target_line(results[name],
@@ -294,14 +392,16 @@ def main():
   for name in args.sde if 'prior' in args.parts else []:
     mismatch[name] = prior_mismatch(name, args.num, distance)
     print('\n' + seeds_markdown(name, mismatch[name], 'started from its Gaussian prior'))
+  if 'digits' in args.parts:
+    digits = bench_digits(args)
+    print('\n' + digits_markdown(digits))
   if args.png and results:
     plot(results, floors, args.png)
     print(f'\nwrote {args.png}')
   if args.json:
     with open(args.json, 'w') as f:
       json.dump({'results': results, 'target': target, 'gaussian_prior': mismatch,
-                 'floors': floors, 'nfe_grid': NFE_GRID}, f, indent=1)
-
+                 'floors': floors, 'nfe_grid': NFE_GRID, 'digits': digits}, f, indent=1)
 
 if __name__ == '__main__':
   main()

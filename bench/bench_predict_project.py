@@ -16,6 +16,13 @@ below); the toy also trains one for N = 10 only, to see what per-N training buys
 
   python bench/bench_predict_project.py --out /tmp/pp          # both, about 20 minutes on 2 cores
 
+``--score_workdir W`` uses the score model of W's latest checkpoint (e.g. the README demo's
+``runs/digits``, trained with the digits config) instead of training one: the checkpoints are
+copied into ``--out``/digits, where the projection is trained, so W is not written to.
+``--max_n`` leaves out the samplers with more steps (the projection is still trained on all of
+them); ``--previous`` fills the parts not run now from an earlier results.json (in
+``--out``/results.json and the plot).
+
 Prints markdown tables, writes ``--out``/results.json and docs/predict_project.png.
 """
 
@@ -136,6 +143,8 @@ def toy(args):
   for name, n, sampler in samplers(sde, shape, fn, TRAIN_STEPS):
     if name == 'DPM-Solver++' and n > 100:
       continue  # its steps are unrolled: 1000 of them take minutes to compile, and add nothing
+    if args.max_n and n > args.max_n:
+      continue
     measure(name, n, sampler, pparams)
   for n in (5, 10):
     measure('Predict-Project (trained for N=10)', n,
@@ -150,12 +159,16 @@ def toy(args):
 
 # --- The digits ---------------------------------------------------------------------------------
 
-def digits_config(args):
-  spec = importlib.util.spec_from_file_location(
-      'config', ROOT / 'configs' / 'digits' / 'ddpmpp_continuous.py')
+def load_config(path):
+  """``get_config()`` of the config file at ``path`` (relative paths: to the repository root)."""
+  spec = importlib.util.spec_from_file_location('config', ROOT / path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  return module.get_config()
+
+
+def digits_config(args):
+  config = load_config('configs/digits/ddpmpp_continuous.py')
   n = args.digits_steps
   config.training.update(n_iters=n, eval_freq=n, snapshot_freq=n, snapshot_freq_for_preemption=n,
                          snapshot_sampling=False)
@@ -183,38 +196,52 @@ def frechet(a, b):
 
 def digits(args):
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-  from sde_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from sde_jax import checkpoints, viz  # pylint: disable=g-import-not-at-top
+  from sde_jax import images as images_lib  # pylint: disable=g-import-not-at-top
   from sde_jax.jobs import train as train_job  # pylint: disable=g-import-not-at-top
   from sde_jax.jobs import train_projection as projection_job  # pylint: disable=g-import-not-at-top
   from sde_jax.score_model import ScoreModel  # pylint: disable=g-import-not-at-top
   config = digits_config(args)
   workdir = os.path.join(args.out, 'digits')
   t0 = time.time()
-  train_job.train_and_evaluate(config, workdir)
+  if args.score_workdir:
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.copytree(os.path.join(args.score_workdir, 'checkpoints'),
+                    os.path.join(workdir, 'checkpoints'), dirs_exist_ok=True)
+  else:
+    train_job.train_and_evaluate(config, workdir)
   t1 = time.time()
   projection_job.train_projection(config, workdir)
   t2 = time.time()
   print(f'digits: score model {t1 - t0:.0f} s, projection {t2 - t1:.0f} s')
   score_model = ScoreModel.from_config(config)
-  params, _ = checkpoints.restore_ema(workdir, score_model.abstract_params())
+  params, score_step = checkpoints.restore_ema(workdir, score_model.abstract_params())
   proj = projection.restore_projection(config, workdir, score_model)
   real = load_digits().data.astype(np.float64)
   shape = (args.digits_num, *score_model.image_shape)
   rows = []
   for name, n, sampler in samplers(score_model.sde, shape, proj.fn, TRAIN_STEPS):
-    if name == 'DPM-Solver++' and n > 100:
+    if (name == 'DPM-Solver++' and n > 100) or (args.max_n and n > args.max_n):
       continue  # as for the toy
+    start = time.time()
     x, nfe = sampler(jax.random.key(1), score_model.score_fn, params, proj.params)
+    x = jax.block_until_ready(x)
+    seconds = time.time() - start
     images = np.asarray(score_model.inverse_scaler(x), np.float64)
     images = np.clip(np.where(np.isfinite(images), images, 0.0), 0, 1)  # non-finite: black
     judged = digits_metrics.judge_digits(images)
     rows.append({'problem': 'digits', 'sampler': name, 'N': n, 'nfe': int(nfe),
                  'confident': judged.confident_fraction, 'classes': judged.classes_covered,
-                 'fd': frechet(pooled(images), real)})
+                 'fd': frechet(pooled(images), real), 'seconds': seconds})
     print(rows[-1], flush=True)
+    if args.grids:
+      os.makedirs(args.grids, exist_ok=True)
+      viz.image_grid_png(os.path.join(args.grids, f'{name}_{n}.png'.replace(' ', '_')),
+                         viz.zoom(images_lib.to_uint8(images[:64]), 4))
   gen = np.random.default_rng(0)
   half = gen.permutation(len(real))
-  return rows, {'score_steps': args.digits_steps, 'projection_steps': args.projection_steps,
+  return rows, {'score_steps': score_step, 'score_workdir': args.score_workdir,
+                'projection_steps': args.projection_steps,
                 'fd_real_halves': frechet(real[half[:args.digits_num]], real),
                 'train_s': t1 - t0, 'projection_s': t2 - t1}
 
@@ -263,10 +290,23 @@ def main():
   parser.add_argument('--digits_steps', type=int, default=1000)
   parser.add_argument('--projection_steps', type=int, default=500)
   parser.add_argument('--digits_num', type=int, default=256)
+  parser.add_argument('--score_workdir', default=None,
+                      help='digits: the score model of this workdir\'s latest checkpoint (e.g. '
+                           'runs/digits, the README demo\'s) instead of training one for '
+                           '--digits_steps')
+  parser.add_argument('--max_n', type=int, default=None,
+                      help='leave out samplers with more steps than this')
+  parser.add_argument('--grids', default=None,
+                      help='digits: write a PNG grid of each sampler\'s first 64 samples here')
+  parser.add_argument('--previous', default=None,
+                      help='an earlier results.json whose parts fill those not run now')
   parser.add_argument('--png', default=str(ROOT / 'docs' / 'predict_project.png'))
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   results = {}
+  if args.previous:
+    with open(args.previous) as f:
+      results = {k: v for k, v in json.load(f).items() if k not in args.parts}
   if 'toy' in args.parts:
     rows, info = toy(args)
     results['toy'] = {'rows': rows, **info}
