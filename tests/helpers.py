@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import chex
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -44,8 +45,11 @@ def parse_flags(argv: list[str]):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-  """``sde-jax args`` in a subprocess on CPU, from the repository root."""
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  """``sde-jax args`` in a subprocess on CPU, from the repository root, with this run's
+  persistent compilation cache (conftest.py) when it has one: the commands compile the same tiny
+  programs as each other and as the tests in this process."""
+  cache = jax.config.jax_compilation_cache_dir
+  env = subprocess_env(cache) if cache else {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   return subprocess.run([sys.executable, '-m', 'sde_jax.cli', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 

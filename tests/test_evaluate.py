@@ -25,9 +25,10 @@ import jax
 import numpy as np
 import pytest
 
-from sde_jax import checkpoints
+from sde_jax import checkpoints, evaluate
 from sde_jax.jobs import compare as reproduce
-from sde_jax.jobs import evaluate, fid_stats, import_checkpoint
+from sde_jax.jobs import evaluate as eval_job
+from sde_jax.jobs import fid_stats, import_checkpoint
 from sde_jax import workdir as workdir_lib
 from sde_jax.evaluate import checkpoint_index
 from sde_jax.metrics import fid, inception
@@ -89,7 +90,7 @@ def reference(tmp_path_factory, files):
   workdir = imported_workdir(tmp_path_factory.mktemp('reference'))
   config = parse_flags(files['flags'])
   with mock_data():
-    report = evaluate.evaluate(config, str(workdir), config_name=str(CONFIG))
+    report = eval_job.evaluate(config, str(workdir), config_name=str(CONFIG))
   return {'workdir': workdir, 'report': report, 'row': report['checkpoints'][0]}
 
 
@@ -157,13 +158,13 @@ def test_changed_settings_are_refused(reference, files):
   config = parse_flags(files['flags'] + ['--config.sampling.snr=0.2'])
   before = sorted(os.listdir(reference['workdir'] / 'eval' / 'ckpt_5'))
   with pytest.raises(ValueError, match=r"sampling.snr: 0.16 there, 0.2 now.*--eval_folder"):
-    evaluate.evaluate(config, str(reference['workdir']))
+    eval_job.evaluate(config, str(reference['workdir']))
   assert sorted(os.listdir(reference['workdir'] / 'eval' / 'ckpt_5')) == before
   # The sampler does not matter to a run that does not sample; it keeps the earlier numbers
   # (its stages are all done: nothing is computed).
   config.eval.enable_sampling = False
   with mock_data():
-    report = evaluate.evaluate(config, str(reference['workdir']))
+    report = eval_job.evaluate(config, str(reference['workdir']))
   assert report['checkpoints'] == [reference['row']]
   assert report['sampler'] == reference['report']['sampler']
   assert sorted(os.listdir(reference['workdir'] / 'eval' / 'ckpt_5')) == before
@@ -176,7 +177,7 @@ def test_eval_with_a_fast_sampler(reference, files):
                              '--config.eval.enable_bpd=False', '--config.eval.enable_loss=False']
   before = sorted(os.listdir(reference['workdir'] / 'eval' / 'ckpt_5'))
   with mock_data():
-    report = evaluate.evaluate(parse_flags(flags_), str(reference['workdir']),
+    report = eval_job.evaluate(parse_flags(flags_), str(reference['workdir']),
                                eval_folder='eval_dpm')
   row = report['checkpoints'][0]
   assert row['nfe'] == 3 and row['num_samples'] == NUM_SAMPLES and np.isfinite(row['fid'])
@@ -185,7 +186,7 @@ def test_eval_with_a_fast_sampler(reference, files):
   assert samples.shape == (8, 16, 16, 3) and samples.std() > 0
   assert sorted(os.listdir(reference['workdir'] / 'eval' / 'ckpt_5')) == before
   with pytest.raises(ValueError, match=r'sampling.nfe: 3 there, 4 now'):
-    evaluate.evaluate(parse_flags(flags_ + ['--config.sampling.nfe=4']), str(reference['workdir']),
+    eval_job.evaluate(parse_flags(flags_ + ['--config.sampling.nfe=4']), str(reference['workdir']),
                       eval_folder='eval_dpm')
 
 
@@ -327,15 +328,15 @@ def test_missing_weights_and_statistics_are_clear_errors(tmp_path, files):
   config = parse_flags(files['flags'])
   config.eval.inception_weights = None
   with pytest.raises(ValueError, match='eval.inception_weights=None.*pt_inception-2015-12-05'):
-    evaluate.evaluate(config, str(tmp_path))
+    eval_job.evaluate(config, str(tmp_path))
   config = parse_flags(files['flags'])
   config.eval.stats_path = None
   with pytest.raises(ValueError,
                      match='eval.stats_path=None.*sde-jax fid-stats.*cifar10_stats.npz'):
-    evaluate.evaluate(config, str(tmp_path))
+    eval_job.evaluate(config, str(tmp_path))
   config.eval.stats_path = str(tmp_path / 'nope.npz')
   with pytest.raises(ValueError, match="eval.stats_path='.*nope.npz'; expected an existing file"):
-    evaluate.evaluate(config, str(tmp_path))
+    eval_job.evaluate(config, str(tmp_path))
   assert not (tmp_path / 'eval').exists()
 
 

@@ -5,7 +5,10 @@ name, and no module over 450 lines. Each rule is also shown to catch a planted v
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import socket
+import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -66,3 +69,25 @@ def test_the_rules_catch_planted_violations(tmp_path):
   assert import_graph.upward_imports(graph) == ['sde_jax.lib -> sde_jax.jobs.train']
   assert graph.private_uses == ['sde_jax.c: sde_jax.a._hidden',
                                 'sde_jax.lib: from sde_jax.b import _secret']
+
+
+def test_no_module_starts_jax_at_import():
+  """Every module imported in a fresh process, then ``jax.distributed.initialize`` with a
+  coordinator on 127.0.0.1: it fails if any import started JAX's backend (a multi-host job calls
+  it after its imports)."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  modules = sorted(import_graph.module_files())
+  code = (f'import importlib, jax\n'
+          f'for name in {modules!r}:\n'
+          f'  importlib.import_module(name)\n'
+          f'jax.distributed.initialize("127.0.0.1:{port}", num_processes=1, process_id=0)\n'
+          f'assert jax.process_count() == 1\n'
+          f'jax.distributed.shutdown()\n'
+          f'print("initialised after", len({modules!r}), "modules")\n')
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': str(ROOT)}
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f'initialised after {len(modules)} modules' in proc.stdout

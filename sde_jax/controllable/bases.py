@@ -25,7 +25,7 @@ class Basis(NamedTuple):
 
 
 def _channel_basis(matrix: np.ndarray) -> Basis:
-  m = jnp.asarray(matrix, jnp.float32)
+  m = np.asarray(matrix, np.float32)  # numpy: nothing may start JAX's backend at import
   return Basis(lambda x: jnp.einsum('...i,ij->...j', x, m),
                lambda u: jnp.einsum('...j,ij->...i', u, m))
 
