@@ -41,9 +41,11 @@ def compilation_cache(tmp_path_factory):
 
 # The longest modules first (seconds measured on 2 cores: docs/benchmarks.md), so that the two
 # xdist workers (`--dist loadfile`) do not end with one of them running a long module alone.
-LONGEST_FIRST = ('test_train', 'test_reference', 'test_sampling', 'test_evaluate',
-                 'test_controllable', 'test_multihost', 'test_classifier', 'test_likelihood',
-                 'test_fast_samplers', 'test_models_ddpm_ncsnv2', 'test_toy')
+LONGEST_FIRST = ('test_train', 'test_precision', 'test_sampling', 'test_reference',
+                 'test_controllable', 'test_multihost', 'test_predict_project',
+                 'test_fast_samplers', 'test_evaluate', 'test_gcs', 'test_likelihood',
+                 'test_folder_data', 'test_classifier', 'test_toy', 'test_models_ddpm_ncsnv2',
+                 'test_checkpoints', 'test_losses', 'test_sde', 'test_data')
 
 
 def pytest_collection_modifyitems(items):
