@@ -134,6 +134,7 @@ def test_torch_ncsnpp_variants(name):
   config = ml_collections.ConfigDict(meta['config'])
   state = checkpoints.import_original(DATA / f'{name}.pth', config)
   ref = np.load(DATA / f'{name}.npz')
-  out = models.get_model(config).apply({'params': state.params_ema}, nhwc(ref['x_nchw']),
-                                       jnp.asarray(ref['labels']), train=False)
+  model = models.get_model(config)
+  out = jax.jit(lambda p, x, y: model.apply({'params': p}, x, y, train=False))(
+      state.params_ema, nhwc(ref['x_nchw']), jnp.asarray(ref['labels']))
   assert_matches(out, nhwc(ref['model_out_nchw']))
