@@ -165,13 +165,30 @@ def layers(graph: Graph) -> dict[str, int]:
   return depth
 
 
+def package_graph(graph: Graph) -> Graph:
+  """The same arrows between the package's top-level units (``sde_jax.train``, ``sde_jax.sde``,
+  ...), the package's own ``__init__`` left out."""
+  unit = lambda module: '.'.join(module.split('.')[:2])  # noqa: E731
+  arrows = {}
+  for a, targets in graph.arrows.items():
+    if unit(a) != PACKAGE:
+      arrows.setdefault(unit(a), set()).update(
+          unit(b) for b in targets if unit(b) not in (unit(a), PACKAGE))
+  return Graph({u: ROOT for u in arrows}, arrows, [])
+
+
+def _summary(graph: Graph, what: str) -> str:
+  depth = layers(graph)
+  return (f'{len(graph.arrows)} {what}, {sum(len(t) for t in graph.arrows.values())} import '
+          f'arrows, {max(depth.values()) + 1} layers, {len(cycles(graph))} cycles')
+
+
 def main() -> int:
   graph = build()
   found = cycles(graph)
   depth = layers(graph)
-  n_arrows = sum(len(t) for t in graph.arrows.values())
-  print(f'{len(graph.modules)} modules, {n_arrows} import arrows, '
-        f'{max(depth.values()) + 1} layers')
+  print(_summary(package_graph(graph), 'packages and top-level modules'))
+  print(_summary(graph, 'modules'))
   for level in range(max(depth.values()) + 1):
     print(f'  layer {level}: ' + ', '.join(sorted(m for m, d in depth.items() if d == level)))
   for name, rows in (('cycles', [' <-> '.join(c) for c in found]),
