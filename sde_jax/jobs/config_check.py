@@ -55,6 +55,11 @@ from sde_jax.train.schedule import schedule_problems
 COMMANDS = ('train', 'sample', 'eval', 'inpaint', 'colorize', 'class', 'train-classifier',
             'train-projection', 'fid-stats', 'import')
 _ERRORS = (ValueError, TypeError, KeyError, AttributeError)
+# The samplers' own option checks, which build nothing (their factories compute time grids with
+# jax, which would start the backend before ``jax.distributed.initialize``).
+_OPTION_CHECKS = {'ode': ode.option_problems, 'dpm_solver++': dpm_solver.option_problems,
+                  'heun': heun.option_problems, 'adaptive_sde': adaptive_sde.option_problems,
+                  'predict_project': predict_project.option_problems}
 # The commands that read the data set's images (a folder of them is scanned before they start).
 _READS_DATA = ('train', 'eval', 'fid-stats', 'train-classifier', 'train-projection')
 
@@ -245,21 +250,13 @@ def _sampler_problems(config, sde, found: _Problems) -> list[str]:
     return _pc_problems(sde, options, found)
   if method == 'predict_project':
     _projection_network_problems(config, found)
-  check_options = _option_checks()[method]
+  check_options = _OPTION_CHECKS[method]
   wanted = inspect.signature(check_options).parameters
   found.extend(f'config.sampling (method={method!r}): {p}' for p in check_options(
       **{name: value for name, value in options.items() if name in wanted}))
   if method == 'ode' and options['denoise'] and isinstance(sde, sde_lib.VPSDE):
     return ["sampling.method='ode' with sampling.noise_removal=True (its reverse-diffusion step)"]
   return []
-
-
-def _option_checks() -> dict[str, Callable[..., list[str]]]:
-  """The samplers' own option checks, which build nothing (the factories compute their time
-  grids with jax, which would start the backend before ``jax.distributed.initialize``)."""
-  return {'ode': ode.option_problems, 'dpm_solver++': dpm_solver.option_problems,
-          'heun': heun.option_problems, 'adaptive_sde': adaptive_sde.option_problems,
-          'predict_project': predict_project.option_problems}
 
 
 def _pc_problems(sde, options: dict, found: _Problems) -> list[str]:

@@ -76,13 +76,15 @@ def option_problems(sde: SDE, predictor: str, corrector: str, snr: float, n_step
   problems = []
   for table, name, what, args in ((PREDICTORS, predictor, 'predictor', (sde, probability_flow)),
                                   (CORRECTORS, corrector, 'corrector', (sde, snr, n_steps))):
-    if name not in table:
-      problems.append(f'{prefix}{what}={name!r} is not known; expected one of {sorted(table)}.')
+    try:
+      make = lookup(table, name, prefix + what)
+    except ValueError as e:
+      problems.append(str(e))
       continue
     try:
       with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # the sampler's factory warns again when it is built
-        table[name](*args)
+        make(*args)
     except (ValueError, TypeError) as e:
       problems.append(f'{where or what}: {e}')
   if predictor == 'none' and corrector == 'none':
