@@ -31,6 +31,7 @@ from sde_jax.jobs import config_check
 from sde_jax.models import classifier as classifier_lib
 from sde_jax.score_model import ScoreModel
 
+
 def evaluate_accuracy(config, accuracy, params, per_process: int, mesh,
                       seed: int) -> dict[str, float]:
   """Accuracy of ``params`` on the whole eval split at each time of :data:`EVAL_TIMES`, with
