@@ -39,6 +39,19 @@ class SealedManager(ocp.CheckpointManager):
     self._saving = step
     return super().save(step, *args, **kwargs)
 
+  def reached_preemption(self, step: int) -> bool:
+    """Always False: the training loop saves on preemption itself
+    (:class:`sde_jax.train.preemption.Preemption`).
+
+    orbax's own answer asks JAX's preemption sync manager about ``step`` (from ``save`` and
+    again from its finalize thread). The sync manager stops at one more than the largest value
+    any host has passed it, and only at that exact value, so a checkpoint step passed here
+    would move the point the hosts agree on past the loop's per-call counter: no host would
+    ever reach it, and a preempted job would not save.
+    """
+    del step
+    return False
+
   def _seal(self) -> None:
     step = self._saving
     final = epath.Path(self.directory) / str(step)

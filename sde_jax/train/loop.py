@@ -152,7 +152,7 @@ def fit(config, trainer: Trainer, directory: str, mesh,
 
   # --- The loop: one compiled call is n_jitted_steps optimizer steps.
   try:
-    with Preemption(manager) as preemption:
+    with Preemption() as preemption:
       while step < last:
         state, metrics = train_step(state, next(batches))
         step += tc.n_jitted_steps

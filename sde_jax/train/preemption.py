@@ -22,20 +22,15 @@ class Preemption:
   *equal* to the sync point. So :meth:`reached` passes a counter of its own calls, which grows by
   exactly one per compiled call on every host from the same start, never the optimizer step: that
   grows by ``n_jitted_steps`` and would jump over the sync point (no save at all). A Python
-  SIGTERM handler would replace the sync manager's, so none is installed then.
-
-  Args:
-    manager: the job's orbax CheckpointManager, if any. Its ``save`` asks the same sync manager
-      about the checkpoint's step (and again from its finalize thread), which would move the
-      counter the hosts agree on; this object answers for it instead.
+  SIGTERM handler would replace the sync manager's, so none is installed then. (orbax's
+  CheckpointManager would ask the same sync manager about each checkpoint's step; the job's
+  manager, :class:`~sde_jax.checkpoints.sealed_manager.SealedManager`, does not.)
   """
 
-  def __init__(self, manager=None):
+  def __init__(self):
     self.requested = False
     self.calls = 0
     self._previous = None
-    if manager is not None:
-      manager.reached_preemption = lambda step: False  # the loop saves on preemption itself
 
   def __enter__(self) -> 'Preemption':
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
