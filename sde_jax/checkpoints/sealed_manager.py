@@ -5,15 +5,35 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from orbax.checkpoint._src.serialization import jax_array_handlers
 
 from sde_jax.checkpoints import integrity
 
 # Where orbax writes a step before committing it on a file system with atomic renames; on
 # gs:// it writes the final directory and commits with a commit_success.txt file.
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'
+# A replicated array is written in slices by its replicas only when each slice holds at least
+# this many bytes; smaller ones are written whole by one replica.
+MIN_SLICE_BYTES = 2 ** 20
+
+
+def split_only_large_arrays() -> None:
+  """Makes orbax write small replicated arrays whole, from one replica (process-wide).
+
+  orbax splits every replicated array among its replicas, each writing a slice (the writes of a
+  large array spread over the hosts). Cutting a slice out of a device's copy is an operation of
+  its own, compiled once per shape and slice: a first save of a network's 150 parameter, EMA and
+  optimizer arrays over 8 devices took 9.2 s here instead of 0.07 s, most of it compiling, and a
+  first save is often the one a preemption asks for within its grace period. Arrays whose slices
+  would be under :data:`MIN_SLICE_BYTES` are too small for the split to pay: they are written
+  whole. Registering the handler again changes nothing.
+  """
+  handler = jax_array_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_SLICE_BYTES)
+  ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
 
 
 class SealedManager(ocp.CheckpointManager):
@@ -28,6 +48,7 @@ class SealedManager(ocp.CheckpointManager):
 
   def __init__(self, directory, *, options: ocp.CheckpointManagerOptions, **kwargs):
     self._saving: int | None = None  # the step of the save in flight; read by _seal
+    split_only_large_arrays()
     async_options = dataclasses.replace(options.async_options or ocp.AsyncOptions(),
                                         post_finalization_callback=self._seal)
     super().__init__(directory, options=dataclasses.replace(options, async_options=async_options),
