@@ -30,6 +30,9 @@ flags.DEFINE_list('allow_config_change', [], 'train, train-classifier, train-pro
                   'config fields (or sections, or "all") that may differ from those the '
                   'workdir\'s checkpoint was '
                   'trained with; others than the schedule are refused (docs/training.md).')
+flags.DEFINE_bool('allow_projection_mismatch', False, 'sample, eval with '
+                  'sampling.method=predict_project: use a projection network trained against '
+                  'another score checkpoint than the one sampled (docs/predict_project.md).')
 flags.DEFINE_string('folder', None, 'inpaint, colorize: a folder of PNG / JPEG images to use '
                     'instead of the config\'s eval split.')
 
@@ -68,7 +71,8 @@ def _sample(config, workdir):
   if FLAGS.num_samples is None:
     raise app.UsageError('sde-jax sample needs --num_samples N (or --class K).')
   from sde_jax.jobs import sample
-  path = sample.sample(config, workdir, FLAGS.num_samples)
+  path = sample.sample(config, workdir, FLAGS.num_samples,
+                       allow_projection_mismatch=FLAGS.allow_projection_mismatch)
   print(f'Wrote {FLAGS.num_samples} samples to {path}')
 
 
@@ -100,7 +104,8 @@ def _train_projection(config, workdir):
 def _eval(config, workdir):
   from sde_jax.jobs import evaluate
   evaluate.evaluate(config, workdir, eval_folder=FLAGS.eval_folder,
-                    config_name=config_flags.get_config_filename(FLAGS['config']))
+                    config_name=config_flags.get_config_filename(FLAGS['config']),
+                    allow_projection_mismatch=FLAGS.allow_projection_mismatch)
   path = workdir_lib.path(workdir) / FLAGS.eval_folder / 'report.md'
   if path.exists():
     print(path.read_text())

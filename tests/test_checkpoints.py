@@ -253,6 +253,12 @@ def _truncate(path):
   path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _list_no_files(step_dir):
+  """The manifest as written, but with an empty file list (nothing left to check)."""
+  path = step_dir / 'manifest.json'
+  path.write_text(json.dumps({**json.loads(path.read_text()), 'files': {}}))
+
+
 @pytest.mark.parametrize('damage, file, problem', [
     (lambda d: _flip_byte(_array_file(d)), None, 'sha256'),
     (lambda d: _truncate(d / 'meta' / 'metadata'), 'meta/metadata', 'bytes, the manifest says'),
@@ -260,6 +266,7 @@ def _truncate(path):
     (lambda d: _array_file(d).unlink(), None, 'missing'),
     (lambda d: _truncate(d / 'manifest.json'), 'manifest.json', 'unreadable'),
     (lambda d: (d / 'manifest.json').unlink(), 'manifest.json', 'missing'),
+    (_list_no_files, 'manifest.json', 'lists no files'),
 ])
 def test_damaged_step_falls_back_to_the_newest_intact_one(workdir, caplog, damage, file,
                                                            problem):
@@ -282,6 +289,13 @@ def test_every_step_damaged_is_a_clear_error(workdir):
   with pytest.raises(checkpoints.CheckpointError, match=r'every checkpoint under .* is damaged '
                      r'\(2 steps: 5: params/.*: sha256 .*; 3: params/.*\); nothing to restore'):
     checkpoints.restore(workdir)
+
+
+def test_no_manifest_is_written_for_a_step_without_files(tmp_path):
+  from sde_jax.checkpoints import integrity
+  with pytest.raises(FileNotFoundError, match=f'{tmp_path} holds no file to list'):
+    integrity.write_manifest(tmp_path, 7)
+  assert not list(tmp_path.iterdir())
 
 
 def test_a_step_without_manifest_restores_unverified(workdir, caplog):

@@ -8,8 +8,10 @@ import hashlib
 import itertools
 import os
 import pathlib
+import struct
 import subprocess
 import sys
+import zlib
 
 import chex
 import jax
@@ -259,6 +261,30 @@ def test_files_that_are_not_images(folder):
   scan = data.scan_folder(str(root), skip_bad_files=True)
   assert len(scan.images) == 15 and len(scan.skipped) == 3 and scan.hidden == 2
   assert len(_real(_batches(_config(root, skip_bad_files=True), 'eval'))) == 15
+
+
+def _png_header(width, height):
+  """A PNG of its signature and IHDR alone (45 bytes), declaring a ``width`` x ``height`` RGB
+  image: what PIL's header read sees of a decompression bomb."""
+  ihdr = b'IHDR' + struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+  return (b'\x89PNG\r\n\x1a\n' + struct.pack('>I', 13) + ihdr
+          + struct.pack('>I', zlib.crc32(ihdr)) + struct.pack('>I', 0) + b'IDAT'
+          + struct.pack('>I', zlib.crc32(b'IDAT')))
+
+
+def test_an_image_too_large_to_decode(tmp_path, caplog):
+  """A header that declares 20000 x 20000 pixels (PIL's DecompressionBombError): named in the
+  error, or left out and named in the log with data.skip_bad_files."""
+  root = tmp_path / 'images'
+  _write(root / 'a.png', _pixels(0, (SIZE, SIZE, 3)))
+  (root / 'bomb.png').write_bytes(_png_header(20000, 20000))
+  with pytest.raises(ValueError, match=r'1 of the 2 files.*bomb.png \(too large to decode: '
+                                       r'Image size \(400000000 pixels\).*skip_bad_files=True'):
+    data.scan_folder(str(root))
+  with caplog.at_level('WARNING'):
+    scan = data.scan_folder(str(root), skip_bad_files=True)
+  assert [f.relative for f in scan.images] == ['a.png'] and len(scan.skipped) == 1
+  assert 'left out 1 file(s)' in caplog.text and 'bomb.png (too large to decode' in caplog.text
 
 
 @pytest.mark.parametrize('fields, message', [

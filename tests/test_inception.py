@@ -257,7 +257,14 @@ def test_full_weights_do_not_fit_the_tiny_network():
 def test_batch_norm_counters_are_the_only_tensors_left_unused():
   state = _tiny_state()
   state['Conv2d_1a_3x3.bn.num_batches_tracked'] = np.array(7)
-  inception.params_from_state_dict(state, TINY)
+  # The counter changes nothing: the parameters are those of the state without it.
+  chex.assert_trees_all_equal(inception.params_from_state_dict(state, TINY),
+                              inception.params_from_state_dict(_tiny_state(), TINY))
+  # Any other tensor the network has no place for is refused, however like a counter it is.
+  state['Conv2d_1a_3x3.bn.num_batches_seen'] = np.array(7)
+  with pytest.raises(CheckpointError, match=r"1 unexpected \(first: \['Conv2d_1a_3x3.bn."
+                     r"num_batches_seen'\]\)"):
+    inception.params_from_state_dict(state, TINY)
 
 
 def test_unsafe_pth_is_refused(tmp_path, capsys):

@@ -6,6 +6,9 @@ a tiny config."""
 
 from __future__ import annotations
 
+import functools
+import types
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -298,8 +301,64 @@ def score_workdir(tmp_path_factory):
   return workdir
 
 
-def test_train_projection_then_sample(score_workdir):
-  from sde_jax import checkpoints, projection, train  # pylint: disable=g-import-not-at-top
+def _resumes_guarded(flags, workdir):
+  """A resume of the projection trained from ``flags`` in ``workdir`` with another learning
+  rate, or another N or eps of the sampler (the grid of its loss, though score training leaves
+  the sampling section free), is refused naming the field before anything is compiled; a field
+  allowed by its config name resumes."""
+  from sde_jax import train  # pylint: disable=g-import-not-at-top
+  from sde_jax.jobs import train_projection as projection_job  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  for section, name, value, refused in (
+      ('projection.optim', 'lr', 1.0, r'projection_job\.optim\.lr: 0\.0002 \(saved\) -> 1\.0'),
+      ('sampling', 'pp_n_steps', 4, r'projection_job\.sampling\.pp_n_steps: 6 \(saved\) -> 4'),
+      ('sampling', 'eps', 0.01, r'projection_job\.sampling\.eps: 0\.001 \(saved\) -> 0\.01')):
+    config = helpers.parse_flags(flags)
+    with config.unlocked():  # sampling.eps is not a field of the config file
+      functools.reduce(getattr, section.split('.'), config)[name] = value
+    with pytest.raises(train.ConfigChangeError, match=refused):
+      projection_job.train_projection(config, str(workdir))
+  state = projection_job.train_projection(config, str(workdir),
+                                          allow_config_change=('sampling.eps',))
+  assert int(state.step) == 3
+
+
+def _score_trained_on(workdir, step: int) -> None:
+  """Saves ``workdir``'s score checkpoint again as ``step``, as if its training had gone on."""
+  import optax  # pylint: disable=g-import-not-at-top
+  from sde_jax import checkpoints, train  # pylint: disable=g-import-not-at-top
+  state, _ = checkpoints.restore(workdir)
+  manager = checkpoints.checkpoint_manager(workdir, item_names=checkpoints.TRAIN_ITEMS,
+                                           writer=True)
+  train.save_state(manager, train.TrainState(np.int32(step), state.params,
+                                             optax.adam(1e-3).init(state.params),
+                                             state.params_ema, jax.random.key(0)), step, {})
+  manager.close()
+
+
+def _eval_refuses_other_score_checkpoints(config, workdir, mismatch: str, monkeypatch):
+  """``sde-jax eval`` with a projection trained against step 2 of ``workdir``, whose checkpoint
+  2 is step 16 (snapshot_freq 8): a range of checkpoints is refused before anything is loaded;
+  checkpoint 2 when its turn comes (the Inception network and data statistics stubbed)."""
+  from sde_jax.jobs import evaluate as eval_job  # pylint: disable=g-import-not-at-top
+  for name in ('weights.npz', 'stats.npz'):
+    (workdir / name).touch()
+  with config.unlocked():
+    config.eval.update(enable_sampling=True, enable_loss=False, enable_bpd=False, begin_ckpt=0,
+                       end_ckpt=2, inception_weights=str(workdir / 'weights.npz'),
+                       stats_path=str(workdir / 'stats.npz'))
+  with pytest.raises(ValueError, match=r'eval.begin_ckpt=0 to eval.end_ckpt=2 .* against one '
+                                       r'score checkpoint \(step 2\)'):
+    eval_job.evaluate(config, str(workdir))
+  monkeypatch.setattr(eval_job, 'load_inception', lambda *_: types.SimpleNamespace(weights='w'))
+  monkeypatch.setattr(eval_job, 'load_data_pools', lambda *_: None)
+  config.eval.begin_ckpt = 2
+  with pytest.raises(ValueError, match=mismatch):
+    eval_job.evaluate(config, str(workdir))
+
+
+def test_train_projection_then_sample(score_workdir, monkeypatch):
+  from sde_jax import checkpoints, projection  # pylint: disable=g-import-not-at-top
   from sde_jax.jobs import sample as job  # pylint: disable=g-import-not-at-top
   from sde_jax.jobs import train_projection as projection_job  # pylint: disable=g-import-not-at-top
   from sde_jax.score_model import ScoreModel  # pylint: disable=g-import-not-at-top
@@ -314,25 +373,29 @@ def test_train_projection_then_sample(score_workdir):
   assert int(state.step) == 3
   assert sorted(p.name for p in (score_workdir / 'projection' / 'checkpoints').iterdir()) == ['3']
   assert list((score_workdir / 'projection' / 'tensorboard').iterdir())
+  _resumes_guarded(flags, score_workdir)
+  # The score model trained on to step 16: sample (and eval) refuse to pair the projection,
+  # trained against step 2, with it unless told to.
+  _score_trained_on(score_workdir, 16)
   config = helpers.parse_flags(flags + ['--config.sampling.method=predict_project',
                                         '--config.sampling.pp_n_steps=4'])
-  path = job.sample(config, str(score_workdir), num_samples=3)
+  mismatch = (rf'{score_workdir}/projection \(step 3\) was trained against the score checkpoint '
+              r'of step 2, but the score checkpoint used is step 16\..*--allow_projection_mismatch')
+  with pytest.raises(ValueError, match=mismatch):
+    job.sample(config, str(score_workdir), num_samples=3)
+  path = job.sample(config, str(score_workdir), num_samples=3, allow_projection_mismatch=True)
   samples = np.load(path)['samples']
   chex.assert_shape(samples, (3, 8, 8, 1))
   assert samples.dtype == np.uint8
   # The projection network is the score network's family at half its channels.
   restored = projection.restore_projection(config, str(score_workdir),
                                            ScoreModel.from_config(config))
-  assert restored.step == 3
+  assert restored.step == 3 and restored.score_step == 2
   chex.assert_trees_all_close(restored.params, state.params_ema)
   assert projection.get_projection_model(config).nf == config.model.nf // 2
   score_params = checkpoints.num_params(checkpoints.restore(score_workdir)[0].params_ema)
   assert checkpoints.num_params(restored.params) < score_params / 2
-  # A resume with another learning rate is refused, naming the field (before compiling).
-  config.unlock()
-  config.projection.optim.lr = 1.0
-  with pytest.raises(train.ConfigChangeError, match=r'projection_job\.optim\.lr'):
-    projection_job.train_projection(config, str(score_workdir))
+  _eval_refuses_other_score_checkpoints(config, score_workdir, mismatch, monkeypatch)
 
 
 def test_projection_jobs_say_what_is_missing(tmp_path):

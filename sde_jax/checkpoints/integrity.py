@@ -13,7 +13,7 @@ orbax rewrites them at the commit itself: ``commit_success.txt`` (no data) and t
 
 A step written before manifests existed (its ``meta`` has no ``integrity`` field) restores
 unverified, with a warning. A step whose ``meta`` says it had a manifest but has none, or whose
-manifest is unreadable, is damaged.
+manifest is unreadable or lists no file (every step holds at least its ``meta`` item), is damaged.
 """
 
 from __future__ import annotations
@@ -72,10 +72,17 @@ def write_manifest(step_dir: str | os.PathLike, step: int) -> epath.Path:
   Args:
     step_dir: the directory of one checkpoint step, complete (every process's files written).
     step: its step, recorded in the manifest.
+
+  Raises:
+    FileNotFoundError: if ``step_dir`` holds no file to list.
   """
   step_dir = workdir_lib.path(step_dir)
+  found = _files(step_dir)
+  if not found:  # verify() calls such a step damaged: never seal one
+    raise FileNotFoundError(f'{step_dir} holds no file to list in its manifest; orbax wrote '
+                            f'nothing for step {step}.')
   files = {}
-  for name, path in sorted(_files(step_dir).items()):
+  for name, path in sorted(found.items()):
     size, digest = file_hash(path)
     files[name] = {'bytes': size, 'sha256': digest}
   path = step_dir / MANIFEST
@@ -129,6 +136,9 @@ def verify(step_dir: str | os.PathLike) -> bool:
   if not (isinstance(manifest, dict) and manifest.get('format') == FORMAT
           and isinstance(manifest.get('files'), dict)):
     raise DamagedCheckpointError(step_dir, MANIFEST, f'not a manifest of format {FORMAT!r}')
+  if not manifest['files']:  # every step holds its items' files, at least meta/metadata
+    raise DamagedCheckpointError(step_dir, MANIFEST, 'lists no files (a step holds at least its '
+                                 'meta item), so nothing of the step can be checked')
   found = _files(step_dir)
   for name, want in manifest['files'].items():
     _check_file(step_dir, name, found.get(name), want)

@@ -3,9 +3,11 @@
 
 ``data.path`` is scanned once per process (:func:`scan_folder`): every file under it, at any
 depth, is opened far enough to read its format, size and channels (PIL reads the header only),
-so that an empty folder, a file that is not an image, mixed channel counts or a too-small image
-are one clear error before anything is written or compiled. Files and folders whose names start
-with '.' (``.DS_Store``, ``.ipynb_checkpoints``) are left out and counted in the log.
+so that an empty folder, a file that is not an image (or one whose header declares more pixels
+than PIL decodes, twice ``PIL.Image.MAX_IMAGE_PIXELS``), mixed channel counts or a too-small
+image are one clear error, naming the files, before anything is written or compiled. Files and
+folders whose names start with '.' (``.DS_Store``, ``.ipynb_checkpoints``) are left out and
+counted in the log.
 
 The split: a second folder (``data.eval_path``), or a held-out fraction (``data.eval_fraction``)
 chosen by a hash of each file's path relative to the folder (the same files on every machine,
@@ -96,6 +98,8 @@ def _read_header(file: epath.Path, root: str) -> ImageFile | str:
       transparent = 'transparency' in image.info
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
     return f'{relative} ({type(e).__name__}: {e})'
+  except Image.DecompressionBombError as e:  # a header that declares a huge image
+    return f'{relative} (too large to decode: {e})'
   if fmt not in FORMATS:
     return f'{relative} (a {fmt} image; expected one of {", ".join(FORMATS)})'
   if mode not in _MODE_CHANNELS:

@@ -27,8 +27,28 @@ def _ema_restorer(workdir: str, abstract, mesh, step: int):
   return lambda: checkpoints.restore_ema(workdir, abstract, mesh, step=step)[0]
 
 
+def _projection(config, workdir: str, settings: EvalSettings, score_model, mesh,
+                allow_mismatch: bool):
+  """Predict-Project's network if the samples use it (else None), read once before any
+  checkpoint's work. It was trained against one score checkpoint, so a range of several is
+  refused here, before hours of work on the first (:func:`sde_jax.projection.check_pairing`
+  refuses the others, checkpoint by checkpoint)."""
+  if not settings.enable_sampling:
+    return None
+  projection = projection_lib.projection_if_used(config, workdir, score_model, mesh)
+  if (projection is not None and settings.end_ckpt > settings.begin_ckpt
+      and not allow_mismatch):
+    raise ValueError(
+        f'eval.begin_ckpt={settings.begin_ckpt} to eval.end_ckpt={settings.end_ckpt} with '
+        "sampling.method='predict_project': the projection network of "
+        f'{os.path.join(workdir, projection_lib.SUBDIR)} was trained against one score checkpoint '
+        f'(step {projection.score_step}); evaluate that one checkpoint, or pair the projection '
+        'with every checkpoint on purpose with --allow_projection_mismatch.')
+  return projection
+
+
 def evaluate(config, workdir: str, eval_folder: str = 'eval',
-             config_name: str | None = None) -> dict:
+             config_name: str | None = None, allow_projection_mismatch: bool = False) -> dict:
   """Evaluates checkpoints ``eval.begin_ckpt .. eval.end_ckpt`` of ``workdir`` (EMA weights).
 
   Per checkpoint, as enabled: the eval loss, bits/dim, and samples with FID / IS / KID; each
@@ -42,6 +62,8 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval',
     workdir: holds ``checkpoints/`` (trained or imported).
     eval_folder: the sub-folder of ``workdir`` for results.
     config_name: the config file, recorded in the report (``sde-jax compare`` reads it).
+    allow_projection_mismatch: with ``sampling.method='predict_project'``, sample every
+      checkpoint with the projection network, whichever score checkpoint it was trained against.
 
   Returns:
     The report: settings and one row per checkpoint evaluated in this folder so far (the rows
@@ -50,13 +72,18 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval',
   Raises:
     FileNotFoundError: for missing Inception weights or data statistics, at start-up.
     ValueError: for bad settings (:func:`sde_jax.jobs.config_check.check`, all of them named, before
-      anything is written or compiled), or an eval folder written with other settings.
+      anything is written or compiled), or an eval folder written with other settings; with
+      ``sampling.method='predict_project'`` (unless ``allow_projection_mismatch``), for a
+      range of checkpoints, or a checkpoint other than the projection network's score checkpoint.
   """
   config_check.check(config, 'eval')  # every field, before the workdir is touched
   settings = EvalSettings.from_config(config)
   mesh = parallel.mesh_from_config(config)
   batch = round_size(settings, mesh)
   eval_dir = os.path.join(workdir, eval_folder)
+  score_model = ScoreModel.from_config(config)
+  projection = _projection(config, workdir, settings, score_model, mesh,
+                           allow_projection_mismatch)
   net = load_inception(settings, mesh) if settings.enable_sampling else None
   data_pools = None
   if net is not None:
@@ -64,11 +91,7 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval',
     data_pools = data_pools if jax.process_index() == 0 else None
   check_fingerprint(eval_dir, fingerprint(config, settings, batch))
   header = report_header(config, settings, eval_dir, config_name, net)
-  score_model = ScoreModel.from_config(config)
   abstract = score_model.abstract_params()
-  projection = None
-  if settings.enable_sampling:  # its checkpoint is read once, before any checkpoint's work
-    projection = projection_lib.projection_if_used(config, workdir, score_model, mesh)
   programs = EvalPrograms(config, score_model, settings, batch, mesh, projection)
   index = CheckpointIndex(workdir, settings.snapshot_freq)
   sample_key, eval_key = jax.random.key(config.seed), jax.random.key(config.seed + 1)
@@ -84,6 +107,8 @@ def evaluate(config, workdir: str, eval_folder: str = 'eval',
       except checkpoints.DamagedCheckpointError as e:
         logging.warning('Skipping checkpoint %d: %s', number, e)  # no row in the report
         continue
+      if projection is not None:
+        projection_lib.check_pairing(projection, step, workdir, allow_projection_mismatch)
       ckpt = Checkpoint(number, step, source, os.path.join(eval_dir, f'ckpt_{number}'),
                         _ema_restorer(workdir, abstract, mesh, step))
       check_same_checkpoint(ckpt)

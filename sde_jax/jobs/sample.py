@@ -17,7 +17,8 @@ from sde_jax.score_model import ScoreModel
 OUTPUTS = ('samples.npz', 'grid.png')
 
 
-def sample(config, workdir: str, num_samples: int) -> str:
+def sample(config, workdir: str, num_samples: int,
+           allow_projection_mismatch: bool = False) -> str:
   """Draws ``num_samples`` images with the EMA weights of ``workdir``'s latest checkpoint.
 
   Sample i comes from ``fold_in(key(config.seed), i)`` whatever the batch size or device count.
@@ -28,6 +29,8 @@ def sample(config, workdir: str, num_samples: int) -> str:
     config: the model's config (``sampling`` picks the sampler).
     workdir: a directory with ``checkpoints/``.
     num_samples: how many images.
+    allow_projection_mismatch: with ``sampling.method='predict_project'``, sample with a
+      projection network trained against another score checkpoint than the one used.
 
   Returns:
     The path of ``samples.npz``.
@@ -37,6 +40,8 @@ def sample(config, workdir: str, num_samples: int) -> str:
       (:func:`sde_jax.jobs.config_check.check`, all of them named).
     FileNotFoundError: with ``sampling.method='predict_project'``, if ``workdir/projection``
       holds no projection network (``sde-jax train-projection``).
+    ValueError: with ``sampling.method='predict_project'``, if the projection network was trained
+      against another score checkpoint (unless ``allow_projection_mismatch``).
   """
   if num_samples < 1:
     raise ValueError(f'num_samples={num_samples} must be positive.')
@@ -45,6 +50,8 @@ def sample(config, workdir: str, num_samples: int) -> str:
   score_model = ScoreModel.from_config(config)
   params, step = checkpoints.restore_ema(workdir, score_model.abstract_params(), mesh)
   projection = projection_lib.projection_if_used(config, workdir, score_model, mesh)
+  if projection is not None:
+    projection_lib.check_pairing(projection, step, workdir, allow_projection_mismatch)
   batch = sharded.sample_batch_size(config, num_samples, mesh)
   draw = sharded.sharded_sampler(config, score_model, batch, mesh, projection)
   logging.info('Sampling %d images from checkpoint %d in batches of %d with %s.', num_samples,

@@ -8,9 +8,12 @@ the SIGTERM / preemption save, non-finite checks and TensorBoard logs. Its files
 
 A resume is guarded as ``sde-jax train``'s is, on the config the projection was trained with:
 the score network's fields and the ``projection`` section (its schedule aside), recorded as
-``projection_job`` (score training never reads ``projection``, so its own guard skips it), and
+``projection_job`` (score training never reads ``projection``, so its own guard skips it), with
 the score checkpoint's step (``score_step``): a projection is never continued against another
-score network.
+score network; and the two sampler fields that the loss reads, as it reads them
+(``projection_job.sampling``: ``pp_n_steps``, the N trained on when ``projection.train_n_steps``
+is None, and ``eps``, defaults filled in), since the guard of score training leaves the whole
+``sampling`` section free. ``--allow_config_change=sampling.eps`` names them as the config does.
 """
 
 from __future__ import annotations
@@ -38,19 +41,38 @@ def trained_n_steps(config, sde) -> tuple[int, ...]:
   return tuple(int(n) for n in steps)
 
 
-def guarded_config(config, score_step: int) -> dict:
-  """The config a resume is checked against (module docstring)."""
+def sampler_fields(config, n_steps: tuple[int, ...], eps: float) -> dict:
+  """The fields of ``config.sampling`` the projection is trained on, with the values used:
+  ``pp_n_steps`` (only when ``projection.train_n_steps`` leaves the N to it) and ``eps``."""
+  fields = {'eps': eps}
+  if config.projection.get('train_n_steps') is None:
+    fields['pp_n_steps'] = n_steps[0]
+  return fields
+
+
+def guarded_config(config, score_step: int, sampler: dict) -> dict:
+  """The config a resume is checked against (module docstring); ``sampler`` is
+  :func:`sampler_fields`."""
   out = json.loads(config.to_json_best_effort())
   job = out.pop('projection')
   for name in _SCHEDULE:
     job['training'].pop(name, None)
-  return {**out, 'projection_job': {**job, 'score_step': score_step}}
+  return {**out, 'projection_job': {**job, 'score_step': score_step, 'sampling': sampler}}
 
 
 def _allowed(names) -> tuple[str, ...]:
-  """``--allow_config_change`` names with ``projection.`` read as ``projection_job.``."""
-  return tuple('projection_job' + n[len('projection'):] if
-               (n == 'projection' or n.startswith('projection.')) else n for n in names)
+  """``--allow_config_change`` names with ``projection.`` and ``sampling.`` read as
+  ``projection_job.`` and ``projection_job.sampling.`` (both name fields of the guarded config as
+  the user's config does)."""
+  out = []
+  for name in names:
+    for section, guarded in (('projection', 'projection_job'),
+                             ('sampling', 'projection_job.sampling')):
+      if name == section or name.startswith(section + '.'):
+        name = guarded + name[len(section):]
+        break
+    out.append(name)
+  return tuple(out)
 
 
 def restore_score(config, workdir: str, score_model, mesh):
@@ -100,7 +122,7 @@ def train_projection(config, workdir: str,
       model=model, example_shape=score_model.image_shape, loss_fn=loss_fn,
       training=p.training, optim=p.optim, ema_rate=p.ema_rate,
       meta={'score_step': score_step, 'train_n_steps': list(n_steps), 'eps': eps,
-            'config': guarded_config(config, score_step)})
+            'config': guarded_config(config, score_step, sampler_fields(config, n_steps, eps))})
   logging.info('Training the projection for N in %s against the score network of step %d.',
                n_steps, score_step)
   directory = os.path.join(workdir, SUBDIR)

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from sde_jax import checkpoints, models
 from sde_jax import sde as sde_lib
@@ -91,11 +92,14 @@ def get_projection_fn(sde: sde_lib.SDE, model) -> Callable[[Any, Array, Array], 
 
 @dataclasses.dataclass(frozen=True)
 class Projection:
-  """A trained projection network: ``fn(params, x, t)``, its EMA ``params`` and their ``step``."""
+  """A trained projection network: ``fn(params, x, t)``, its EMA ``params`` and their ``step``,
+  and the step of the score checkpoint it was trained against (None if its checkpoint does not
+  say)."""
 
   fn: Callable
   params: Any
   step: int
+  score_step: int | None = None
 
 
 def restore_projection(config, workdir: str, score_model, mesh=None) -> Projection:
@@ -121,7 +125,41 @@ def restore_projection(config, workdir: str, score_model, mesh=None) -> Projecti
         f"sampling.method='predict_project' needs the projection network's checkpoints in "
         f'{os.path.join(directory, "checkpoints")} ({e}); train it first: sde-jax '
         f'train-projection --config ... --workdir {workdir}') from e
-  return Projection(get_projection_fn(score_model.sde, model), params, step)
+  manager = checkpoints.checkpoint_manager(directory)
+  try:
+    score_step = checkpoints.restore_meta(manager, step).get('score_step')
+  finally:
+    manager.close()
+  return Projection(get_projection_fn(score_model.sde, model), params, step,
+                    None if score_step is None else int(score_step))
+
+
+def check_pairing(projection: Projection, score_step: int, workdir: str,
+                  allow_mismatch: bool = False) -> None:
+  """Refuses to pair ``projection`` with the score checkpoint of ``score_step`` unless it was
+  trained against that very checkpoint (the loss closes over one score network's parameters).
+
+  Args:
+    projection: from :func:`restore_projection`.
+    score_step: the step of the score checkpoint the sampler will use.
+    workdir: the job's directory, for the message.
+    allow_mismatch: pair them anyway (``--allow_projection_mismatch``), with a warning.
+
+  Raises:
+    ValueError: naming both steps, if they differ (or the projection records none).
+  """
+  if projection.score_step == score_step:
+    return
+  trained = ('records no score step' if projection.score_step is None else
+             f'was trained against the score checkpoint of step {projection.score_step}')
+  message = (f'The projection network of {os.path.join(workdir, SUBDIR)} (step '
+             f'{projection.step}) {trained}, but the score checkpoint used is step {score_step}')
+  if allow_mismatch:
+    logging.warning('%s; pairing them anyway (--allow_projection_mismatch).', message)
+    return
+  raise ValueError(f'{message}. Train a projection against that checkpoint (move '
+                   f'{os.path.join(workdir, SUBDIR)} aside, then sde-jax train-projection), or '
+                   'pair them on purpose with --allow_projection_mismatch.')
 
 
 def projection_if_used(config, workdir: str, score_model, mesh=None) -> Projection | None:
