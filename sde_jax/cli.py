@@ -21,6 +21,9 @@ config_flags.DEFINE_config_file('config', None, 'Path to an ml_collections confi
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, samples and reports.')
 flags.DEFINE_string('checkpoint', None, 'import: an original checkpoint (score_sde checkpoint_N '
                     'or score_sde_pytorch .pth).')
+flags.DEFINE_integer('max_pth_bytes', None, 'import: the most bytes the arrays of a .pth may '
+                     'take (default: 4 times its size plus 16 MiB); raise it only for a file '
+                     'you trust.')
 flags.DEFINE_integer('num_samples', None, 'sample: how many images to draw.')
 flags.DEFINE_string('eval_folder', 'eval', 'eval: the sub-folder of --workdir for its results.')
 flags.DEFINE_integer('class', None, 'sample: draw samples of this class with the classifier of '
@@ -51,7 +54,8 @@ def _import(config, workdir):
   if FLAGS.checkpoint is None:
     raise app.UsageError('sde-jax import needs --checkpoint PATH.')
   from sde_jax.jobs import import_checkpoint
-  import_checkpoint.import_to_workdir(config, FLAGS.checkpoint, workdir)
+  import_checkpoint.import_to_workdir(config, FLAGS.checkpoint, workdir,
+                                      max_pth_bytes=FLAGS.max_pth_bytes)
 
 
 def _train(config, workdir):

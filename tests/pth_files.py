@@ -3,6 +3,7 @@
 
 import io
 import pickle
+import pickletools
 import struct
 import zipfile
 
@@ -17,8 +18,9 @@ def op_global(dotted: str) -> bytes:
 
 
 def value(x) -> bytes:
-  """Opcodes that push ``x`` (a plain value), without the protocol header and STOP."""
-  return pickle.dumps(x, protocol=2)[2:-1]
+  """Opcodes that push ``x`` (a plain value), without the protocol header and STOP, nor memo
+  PUTs (so that the slots of :func:`put` keep what a test put there)."""
+  return pickletools.optimize(pickle.dumps(x, protocol=2))[2:-1]
 
 
 def tuple_of(*items: bytes) -> bytes:
@@ -97,3 +99,46 @@ def state_dict_file(state: dict) -> bytes:
     items.append(value(name) + tensor(store, 0, array.shape, stride))
   return zip_file(program(call(op_global('collections.OrderedDict')) + b'(' + b''.join(items) +
                           b'u'), storages)
+
+
+def resize_entry(data: bytes, name: str, file_size: int, compress_size: int | None = None) -> bytes:
+  """``data`` with the sizes that its central directory declares for entry ``name`` replaced
+  (the entry's bytes and CRC stay as they are): what a damaged or hostile zip declares."""
+  out = bytearray(data)
+  at = out.find(b'PK\x01\x02')
+  while at >= 0:
+    length = struct.unpack_from('<H', out, at + 28)[0]
+    if out[at + 46:at + 46 + length] == name.encode():
+      size = struct.unpack_from('<I', out, at + 20)[0] if compress_size is None else compress_size
+      struct.pack_into('<II', out, at + 20, size, file_size)
+      return bytes(out)
+    at = out.find(b'PK\x01\x02', at + 4)
+  raise KeyError(name)
+
+
+def put(index: int) -> bytes:
+  """BINPUT: the top of the stack into memo slot ``index`` (< 256)."""
+  return b'q' + bytes([index])
+
+
+def get(index: int) -> bytes:
+  """BINGET: memo slot ``index`` (< 256) onto the stack."""
+  return b'h' + bytes([index])
+
+
+def repeated_tensors(count: int, numel: int) -> bytes:
+  """A pickle of a list of ``count`` tensors, each ``numel`` float32 repeating one element
+  (stride 0), made by REDUCE on a memoised function and arguments: 5 bytes a tensor."""
+  args = tuple_of(storage(), value(0), value((numel,)), value((0,)), value(False),
+                  call(op_global('collections.OrderedDict')))
+  first = op_global('torch._utils._rebuild_tensor_v2') + put(0) + args + put(1) + b'R'
+  return program(b']' + b'(' + first + (get(0) + get(1) + b'R') * (count - 1) + b'e')
+
+
+def tuple_dag(depth: int) -> bytes:
+  """Opcodes that push a tuple of depth ``depth`` whose each level holds the one below twice
+  (through the memo): a few bytes a level, ``2 ** depth`` leaves when written out in full."""
+  out = b')' + put(0)
+  for level in range(1, depth + 1):  # POP the level below, then the tuple of it twice
+    out += b'0' + get(level - 1) + get(level - 1) + b'\x86' + put(level)
+  return out

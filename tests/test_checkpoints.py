@@ -85,6 +85,16 @@ def test_unsafe_pickle_is_refused(tmp_path, capsys):
   assert 'pwned' not in capsys.readouterr().out
 
 
+def test_import_job_passes_the_pth_budget(tmp_path):
+  """``sde-jax import --max_pth_bytes`` reaches the .pth reader (the default budget, 4 times
+  the file's size, reads it: the other tests)."""
+  from sde_jax.jobs import import_checkpoint
+  with pytest.raises(checkpoints.CheckpointError, match=r'budget of 1000 bytes \(max_bytes\)'):
+    import_checkpoint.import_to_workdir(fixture_config(), str(PTH), str(tmp_path),
+                                        max_pth_bytes=1000)
+  assert not (tmp_path / 'checkpoints').exists()
+
+
 def test_pytorch_checkpoints_import_without_torch(monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` raises ImportError
   state = checkpoints.import_original(PTH, fixture_config())
@@ -122,7 +132,7 @@ def test_import_cli_writes_a_restorable_orbax_checkpoint(tmp_path):
   import subprocess
   workdir = tmp_path / 'run'
   cmd = [sys.executable, '-m', 'sde_jax.cli', 'import', *helpers.reference_flags(),
-         '--checkpoint', str(PTH), '--workdir', str(workdir)]
+         '--checkpoint', str(PTH), '--workdir', str(workdir), '--max_pth_bytes=100000000']
   result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'step 1234' in result.stdout

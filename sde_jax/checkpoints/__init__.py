@@ -9,7 +9,8 @@ array of the file must be used, or the import fails with the names and shapes in
 
 One concept a file: ``errors`` (CheckpointError, config hints, tree checks), ``imported_state``,
 ``original_flax`` (score_sde files), ``original_torch`` (score_sde_pytorch files and layouts),
-``torch_pickle`` (the ``torch.save`` formats, read with numpy alone),
+``torch_pickle`` (the ``torch.save`` formats, read with numpy alone, through ``pth_container``,
+``pth_unpickler``, ``pth_tensors`` and ``pth_bounds``),
 ``storage`` (orbax), ``integrity`` (manifests of hashes, the newest intact step),
 ``sealed_manager`` (orbax's manager writing them), ``original`` (``import_original``: the
 template of a model's parameters and the file read into it; ``sde-jax import`` is

@@ -37,12 +37,15 @@ def param_template(model, shape: tuple[int, ...]) -> tuple[Params, list[Path]]:
   return jax.eval_shape(init), order
 
 
-def import_original(path: str | os.PathLike, config) -> ImportedState:
+def import_original(path: str | os.PathLike, config,
+                    max_pth_bytes: int | None = None) -> ImportedState:
   """Reads a checkpoint of score_sde (Flax ``checkpoint_N``) or score_sde_pytorch (``.pth``).
 
   Args:
     path: the checkpoint file; the format is recognised from its first bytes.
     config: the config the checkpoint was trained with (``model.*``, ``data.*``).
+    max_pth_bytes: for a ``.pth``, the most bytes its arrays may take (by default 4 times the
+      file's size plus 16 MiB; raise it only for a file you trust).
 
   Returns:
     An :class:`ImportedState` with ``params``, ``params_ema`` (numpy trees in sde-jax's layout,
@@ -70,4 +73,4 @@ def import_original(path: str | os.PathLike, config) -> ImportedState:
         f'{path} is a score_sde_pytorch checkpoint of {name}, whose PyTorch network differs from '
         "the JAX original's; set --config.model.flavour=pytorch (and keep it for sampling).")
   layout, buffers = layouts[name]
-  return import_torch(path, flat_template, order, layout, buffers)
+  return import_torch(path, flat_template, order, layout, buffers, max_pth_bytes)

@@ -32,13 +32,15 @@ def is_torch_file(path: str) -> bool:
   return head.startswith(b'PK') or head[:1] == b'\x80'
 
 
-def read_torch(path: str) -> Any:
+def read_torch(path: str, max_bytes: int | None = None) -> Any:
   """What ``torch.save`` wrote to ``path``, every tensor a numpy array, read without PyTorch.
 
   The same tree as ``torch.load(path, weights_only=True)`` gives (see :func:`torch_pickle.load`
-  for the few differences); raises :class:`CheckpointError` for a damaged or unsafe file.
+  for the few differences); raises :class:`CheckpointError` for a damaged or unsafe file, or
+  one whose arrays would take more than ``max_bytes`` (by default 4 times its size plus 16 MiB:
+  raise it for a file you trust).
   """
-  return torch_pickle.load(epath.Path(path).read_bytes(), str(path))
+  return torch_pickle.load(epath.Path(path).read_bytes(), str(path), max_bytes)
 
 
 def to_flax_array(path: Path, value: np.ndarray) -> np.ndarray:
@@ -134,7 +136,8 @@ def _ema_state_dict(state_dict, ema, layout, frozen, unused, source) -> dict[str
 
 
 def import_torch(path: str, template: Mapping[Path, Any], order: list[Path], layout: Layout,
-                 buffers: frozenset[str] = frozenset()) -> ImportedState:
+                 buffers: frozenset[str] = frozenset(),
+                 max_bytes: int | None = None) -> ImportedState:
   """Params, EMA params and step of a score_sde_pytorch checkpoint.
 
   Args:
@@ -143,6 +146,7 @@ def import_torch(path: str, template: Mapping[Path, Any], order: list[Path], lay
     order: the parameter paths in the model's creation order.
     layout: maps ``(order, state_dict keys)`` to where each Flax leaf lies in the state_dict.
     buffers: state_dict keys that hold no parameter (allowed unused).
+    max_bytes: the reader's budget for the file's arrays (:func:`read_torch`).
 
   Returns:
     The :class:`ImportedState`, in sde-jax's (the original Flax) layout.
@@ -150,7 +154,7 @@ def import_torch(path: str, template: Mapping[Path, Any], order: list[Path], lay
   Raises:
     CheckpointError: unreadable file, or arrays missing, unused or of other shapes.
   """
-  raw = read_torch(path)
+  raw = read_torch(path, max_bytes)
   require_keys(raw, ('model', 'ema', 'step'), f'{path} (score_sde_pytorch checkpoint)')
   state_dict = _strip_module_prefix(raw['model'], path)
   mapping = layout(order, list(state_dict))
