@@ -3,6 +3,7 @@
 Two conversions to uint8 on purpose: samples are truncated as the original code does
 (``clip(x * 255).astype(uint8)``, which FID figures depend on), while data images, which are
 exact multiples of 1/255 up to float error, are rounded so that pixel ``k`` comes back as ``k``.
+A sample that is not finite is an error, never a black image.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from absl import logging
 from etils import epath
+
+from sde_jax import nonfinite
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 
@@ -19,14 +21,15 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 def to_uint8(images) -> np.ndarray:
   """Samples in [0, 1] -> uint8, truncating as the original does (``clip(x * 255).astype``).
 
-  Non-finite values (a diverged sampler) become 0, with a warning that counts them.
+  Raises:
+    FloatingPointError: if a sample holds a NaN or an infinity (a diverged sampler), naming how
+      many and which (indices along the first axis): written as 0 they would be black images,
+      counted in every metric computed on them. The samplers raise first
+      (:mod:`sde_jax.nonfinite`); this is the last gate before a file or a metric.
   """
   images = np.asarray(images)
-  bad = ~np.isfinite(images)
-  if bad.any():
-    logging.warning('%d of %d sample values are not finite (the sampler diverged); they are '
-                    'written as 0.', int(bad.sum()), bad.size)
-    images = np.where(bad, 0.0, images)
+  nonfinite.check_rows(images, 'samples', 'The sampler diverged; no image or metric is made '
+                       'from them. Check the score network and the sampler options.')
   return np.clip(images * 255.0, 0, 255).astype(np.uint8)
 
 

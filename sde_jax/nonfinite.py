@@ -1,9 +1,12 @@
-"""Non-finite states of the adaptive solvers: which examples, and when.
+"""Non-finite states of the samplers and solvers: which examples, and when.
 
-An adaptive solver that meets a NaN or an infinity rejects the step and retries with a smaller
-one, forever: nothing converges. The solvers therefore end their loop at the first non-finite
-state, return NaN for the examples concerned, and return a :class:`Report` beside their result;
-the sampler's or likelihood's Python wrapper raises :func:`raise_if_any` on the host.
+Every sampler returns a :class:`Report` beside its result, and its Python wrapper
+(:class:`Checked`) raises :func:`raise_if_any` on the host. An adaptive solver that meets a NaN
+or an infinity rejects the step and retries with a smaller one, forever: those solvers end their
+loop at the first non-finite state and report the time reached. The fixed-step samplers run
+their steps through :func:`scan`, which keeps, per example, whether its state went non-finite
+and the time of the step that first made it so (one reduction of the state per step, next to a
+score evaluation), and report with :func:`watch_report`.
 
 The error is raised on the host, from values the program returns, and not by a callback inside
 the program: in a program sharded over several devices a callback runs on one device only, and
@@ -14,10 +17,12 @@ every process of a multi-host job raises the same error.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 SHOWN = 8  # the examples a report names
@@ -29,7 +34,8 @@ class Report(NamedTuple):
   Attributes:
     count: how many examples (int32).
     index: the first :data:`SHOWN` of them, in the batch of the call (int32; -1 pads).
-    t: the time each had reached when the solve stopped.
+    t: for each, the time of the step that met the non-finite value (an adaptive solver's
+      time reached, where it stopped).
   """
 
   count: Array
@@ -56,7 +62,7 @@ def report(bad: Array, t: Array) -> Report:
 
   Args:
     bad: bool (B,): the examples that hold a NaN or an infinity.
-    t: the time the solve stopped at, scalar or (B,).
+    t: the time of each, scalar or (B,) (see :class:`Report`).
 
   Returns:
     The report.
@@ -66,10 +72,67 @@ def report(bad: Array, t: Array) -> Report:
   return Report(jnp.sum(bad, dtype=jnp.int32), tuple(index), tuple(times))
 
 
-def no_report() -> Report:
-  """The report of a solver that cannot meet a non-finite state unnoticed (fixed steps)."""
-  zero = jnp.zeros((), jnp.int32)
-  return Report(zero, (zero - 1,) * SHOWN, (jnp.zeros(()),) * SHOWN)
+class Watch(NamedTuple):
+  """Per example (shape (B,)): whether its state has held a NaN or an infinity, and the time of
+  the step that first made it so (0 where none did)."""
+
+  bad: Array
+  t: Array
+
+
+def watch(batch: int) -> Watch:
+  """The :class:`Watch` of ``batch`` examples before any step."""
+  return Watch(jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32))
+
+
+def record(seen: Watch, state, t) -> Watch:
+  """``seen`` updated with the state after the step at time ``t`` (scalar or (B,)).
+
+  Args:
+    seen: the watch so far.
+    state: a pytree of arrays with the batch as their leading axis (the step's output).
+    t: the time the step started from.
+
+  Returns:
+    The watch, its first time kept for the examples already seen non-finite.
+  """
+  now = example_mask(state)
+  t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), now.shape)
+  return Watch(seen.bad | now, jnp.where(now & ~seen.bad, t, seen.t))
+
+
+def scan(step: Callable, init, xs: Array, time: Callable[[Array], Array],
+         seen: Watch | None = None):
+  """``jax.lax.scan(step, init, xs)`` that also watches the carry (:func:`record`).
+
+  Args:
+    step: ``(carry, x) -> (carry, y)``; the carry's leaves have the batch as leading axis.
+    init: the first carry.
+    xs: the scanned values (e.g. ``arange(N)``, the step numbers).
+    time: ``x -> the time step x starts from``.
+    seen: the watch of earlier steps (None: a fresh one).
+
+  Returns:
+    ``(carry, ys, watch)``.
+  """
+  if seen is None:
+    seen = watch(jax.tree_util.tree_leaves(init)[0].shape[0])
+
+  def body(state, x):
+    carry, seen = state
+    carry, y = step(carry, x)
+    return (carry, record(seen, carry, time(x))), y
+
+  (carry, seen), ys = jax.lax.scan(body, (init, seen), xs)
+  return carry, ys, seen
+
+
+def watch_report(seen: Watch, out, t_end) -> Report:
+  """The :class:`Report` of a fixed-step sampler: the examples whose state went non-finite at
+  a step (with that step's time), and those whose output ``out`` is (time ``t_end``, the last
+  operation's: e.g. a denoising after the steps)."""
+  bad = seen.bad | example_mask(out)
+  return report(bad, jnp.where(seen.bad, seen.t, jnp.asarray(t_end, jnp.float32)))
 
 
 def raise_if_any(rep: Report, solver: str, batch: int | None = None) -> None:
@@ -95,6 +158,58 @@ def raise_if_any(rep: Report, solver: str, batch: int | None = None) -> None:
   raise FloatingPointError(
       f'{solver}: non-finite state (NaN or inf) in example(s) '
       f'{", ".join(f"{i} (t={t:.6g})" for i, t in shown)}{more} of the batch (indices within '
-      f'this call{of}; t: the time reached, where the next step met it). The solve stopped '
-      'there and those samples are NaN; check their inputs (data, z) and the score network near '
-      'that time.')
+      f'this call{of}; t: the time of the step that met it). No result of this call is '
+      'returned; check those examples\' inputs (data, z) and the score network near that time.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+  """A sampler that raises its report on the host: ``checked(*args, **kwargs) -> (x, nfe)``.
+
+  Attributes:
+    reporting: the same call returning ``(x, nfe, report)``, for a caller that jits the sampler
+      into a larger program (:func:`sde_jax.sampling.sharded.sharded_sampler`): it returns the
+      report out of that program and raises it on the host with :func:`raise_if_any`.
+    name: the sampler, for the error.
+    batch: the batch size, for the error.
+  """
+
+  reporting: Callable
+  name: str
+  batch: int
+
+  def __call__(self, *args, **kwargs) -> tuple[Array, Any]:
+    x, nfe, rep = self.reporting(*args, **kwargs)
+    raise_if_any(rep, self.name, self.batch)
+    return x, nfe
+
+
+def fixed_steps(run: Callable, nfe: int, name: str, batch: int) -> Checked:
+  """The :class:`Checked` sampler of ``run(*args, **kwargs) -> (x, report)`` (jitted), whose
+  evaluation count ``nfe`` is known before it runs."""
+
+  def reporting(*args, **kwargs):
+    x, rep = run(*args, **kwargs)
+    return x, nfe, rep
+
+  return Checked(reporting, name, batch)
+
+
+def check_rows(x, what: str, hint: str = '') -> None:
+  """Raises if a row of the host array ``x`` (along its first axis) holds a NaN or an infinity:
+  the gate in front of images and metrics.
+
+  Args:
+    x: a numpy array (or one numpy converts).
+    what: the rows, plural, for the message (``'samples'``).
+    hint: a sentence after the message.
+
+  Raises:
+    FloatingPointError: naming how many rows and the first :data:`SHOWN` of them.
+  """
+  x = np.asarray(x)
+  which = np.flatnonzero(~np.isfinite(x).all(axis=tuple(range(1, x.ndim))))
+  if which.size:
+    shown = ', '.join(str(i) for i in which[:SHOWN]) + (' ...' if which.size > SHOWN else '')
+    raise FloatingPointError(f'{which.size} of {len(x)} {what} hold NaN or inf values (indices '
+                             f'{shown}).{" " + hint if hint else ""}')

@@ -106,6 +106,22 @@ def test_fid_shape_errors():
     fid.feature_statistics(np.zeros((1, 5)))
 
 
+@pytest.mark.parametrize('metric', ['fid', 'inception_score', 'kid', 'kid_and_std'])
+def test_metrics_refuse_non_finite_rows(metric):
+  """Before: FID and KID came out NaN, the Inception Score NaN or finite (an inf logit is a
+  confident class), without an error. The message names how many rows and which."""
+  x = _features(np.random.default_rng(0), 6, 4)
+  bad = x.copy()
+  bad[1, 0], bad[4, 2] = np.nan, np.inf
+  call = {'fid': lambda a: fid.fid_from_features(x, a),
+          'inception_score': fid.inception_score,
+          'kid': lambda a: fid.kernel_inception_distance(x, a),
+          'kid_and_std': lambda a: fid.kernel_inception_distance_and_std(a, x)}[metric]
+  assert math.isfinite(np.ravel(call(x))[0])
+  with pytest.raises(FloatingPointError, match=r'2 of 6 .* \(indices 1, 4\)'):
+    call(bad)
+
+
 # --------------------------------------------------------------------------------------------
 # Inception Score.
 

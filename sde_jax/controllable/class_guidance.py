@@ -9,7 +9,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from sde_jax import sampling
+from sde_jax import nonfinite, sampling
 from sde_jax.models.classifier import classifier_noise_level
 from sde_jax.sampling import pc
 from sde_jax.sde import SDE
@@ -55,19 +55,20 @@ def get_pc_conditional_sampler(sde: SDE, shape: tuple[int, ...], guidance_scale:
     ``sampler(key, score_fn, params, logit_fn, classifier_params, labels, first_index=0) ->
     (x, nfe)`` with ``logit_fn(classifier_params, x, t) -> logits`` (build it once, e.g. with
     :func:`get_logit_fn`: it is a static argument) and ``labels`` int (B,). ``nfe`` counts
-    score evaluations; the classifier is differentiated as many times.
+    score evaluations; the classifier is differentiated as many times. A non-finite state
+    raises a FloatingPointError as the PC sampler's does.
   """
   base = sampling.get_pc_sampler(sde, shape, **options)
   scale = float(guidance_scale)
 
-  def sampler(key, score_fn, params, logit_fn, classifier_params, labels, first_index=0):
+  def reporting(key, score_fn, params, logit_fn, classifier_params, labels, first_index=0):
     labels = jnp.asarray(labels, jnp.int32)
     if labels.shape != (shape[0],):
       raise ValueError(f'labels has shape {labels.shape}; expected ({shape[0]},).')
-    return base(key, _guided_score_fn(score_fn, logit_fn, scale),
-                (params, classifier_params, labels), first_index=first_index)
+    return base.reporting(key, _guided_score_fn(score_fn, logit_fn, scale),
+                          (params, classifier_params, labels), first_index=first_index)
 
-  return sampler
+  return nonfinite.Checked(reporting, 'pc (class-conditional)', base.batch)
 
 
 def get_logit_fn(sde: SDE, classifier) -> LogitFn:

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from sde_jax import rng
+from sde_jax import nonfinite, rng
 from sde_jax.controllable.bases import BASES, Basis, gray_mask
 from sde_jax.controllable.tweedie import tweedie_guidance
 from sde_jax.sampling import pc
@@ -63,7 +63,9 @@ def get_pc_linear_sampler(sde: SDE, shape: tuple[int, ...], basis: str = 'identi
     ``sampler(key, score_fn, params, data, mask, first_index=0) -> (x, nfe)``. ``data`` and
     ``x`` are in model space with ``shape``; ``mask`` (broadcastable to ``shape``) is in the
     basis, 1 where known. ``nfe`` counts network passes: a guided evaluation is a
-    linearisation, ``solver_iters`` JVPs and one VJP, counted ``2 + solver_iters``.
+    linearisation, ``solver_iters`` JVPs and one VJP, counted ``2 + solver_iters``. A
+    non-finite state raises a FloatingPointError naming the examples and the time of the step
+    that met it (:mod:`sde_jax.nonfinite`); ``sampler.reporting`` returns ``(x, nfe, report)``.
   """
   shape, pred, corr = pc.pc_steps(sde, shape, predictor, corrector, snr, n_steps,
                                   probability_flow)
@@ -108,18 +110,19 @@ def get_pc_linear_sampler(sde: SDE, shape: tuple[int, ...], basis: str = 'identi
     z = rng.normal(rng.fold_in_all(keys, rng.REPLACE_PRIOR), shape, x.dtype)
     x = _replace_known(space, x, y, mask, *_marginal_scale_std(sde, jnp.full(shape[:1], sde.T)),
                        z)
-    (x, x_mean), _ = jax.lax.scan(step, (x, x), jnp.arange(sde.N))
-    return x_mean if denoise else x
+    (x, x_mean), _, seen = nonfinite.scan(step, (x, x), jnp.arange(sde.N), lambda n: times[n])
+    out = x_mean if denoise else x
+    return out, nonfinite.watch_report(seen, out, eps)
 
   compiled = jax.jit(sample, static_argnums=1)
 
-  def sampler(key: Array, score_fn: ParamScoreFn, params: Any, data: Array, mask: Array,
-              first_index: int | Array = 0) -> tuple[Array, int]:
+  def run(key: Array, score_fn: ParamScoreFn, params: Any, data: Array, mask: Array,
+          first_index: int | Array = 0):
     if tuple(data.shape) != shape:
       raise ValueError(f'data has shape {tuple(data.shape)}; this sampler was built for {shape}.')
-    return compiled(key, score_fn, params, data, jnp.asarray(mask), first_index), nfe
+    return compiled(key, score_fn, params, data, jnp.asarray(mask), first_index)
 
-  return sampler
+  return nonfinite.fixed_steps(run, nfe, f'pc ({basis} basis, {method})', shape[0])
 
 
 def get_pc_inpainter(sde: SDE, shape: tuple[int, ...], **options):
@@ -152,7 +155,7 @@ def get_pc_colorizer(sde: SDE, shape: tuple[int, ...], **options):
   linear = get_pc_linear_sampler(sde, shape, basis='gray', **options)
   mask = gray_mask(shape)
 
-  def colorizer(key, score_fn, params, gray, first_index=0):
-    return linear(key, score_fn, params, gray, mask, first_index)
+  def reporting(key, score_fn, params, gray, first_index=0):
+    return linear.reporting(key, score_fn, params, gray, mask, first_index)
 
-  return colorizer
+  return nonfinite.Checked(reporting, linear.name, linear.batch)

@@ -29,17 +29,26 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from sde_jax import parallel
+from sde_jax import nonfinite, parallel
+
+# Every metric refuses non-finite inputs: a NaN would make it NaN, or (as a black image) bias it.
+NO_METRIC = 'No metric is computed on them.'
 
 # --------------------------------------------------------------------------------------------
 # Frechet distance.
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and unbiased covariance (``n - 1``) of ``(n, d)`` features, in float64."""
+  """Mean and unbiased covariance (``n - 1``) of ``(n, d)`` features, in float64.
+
+  Raises:
+    ValueError: for fewer than 2 vectors or not (n, d).
+    FloatingPointError: for a vector with a NaN or an infinity (all metrics refuse them).
+  """
   x = np.asarray(features, np.float64)
   if x.ndim != 2 or len(x) < 2:
     raise ValueError(f'Expected at least 2 feature vectors as an (n, d) array, got {x.shape}.')
+  nonfinite.check_rows(x, 'feature vectors', NO_METRIC)
   return x.mean(axis=0), np.cov(x, rowvar=False, ddof=1).reshape(x.shape[1], x.shape[1])
 
 
@@ -122,11 +131,16 @@ def inception_score(logits: np.ndarray, splits: int = 1) -> float:
     logits: ``(n, classes)``; for the FID Inception all 1008 outputs, as TF-GAN takes them.
     splits: 1 (the original: TF-GAN on all samples at once) or ``k``, the mean score over ``k``
       consecutive parts of ``n // k`` samples (Salimans et al.'s code; a remainder is dropped).
+
+  Raises:
+    ValueError: for logits that are not (n, classes) with ``n >= splits >= 1``.
+    FloatingPointError: for a row with a NaN or an infinity.
   """
   x = np.asarray(logits, np.float64)
   if x.ndim != 2 or splits < 1 or len(x) < splits:
     raise ValueError(f'Expected (n, classes) logits with n >= splits >= 1; got {x.shape} and '
                      f'splits={splits}.')
+  nonfinite.check_rows(x, 'logit vectors', NO_METRIC)
   size = len(x) // splits
   return float(np.mean([math.exp(_log_score(x[i * size:(i + 1) * size]))
                         for i in range(splits)]))
@@ -171,10 +185,13 @@ def kid_block_estimates(features1: np.ndarray, features2: np.ndarray,
   Raises:
     ValueError: if the features are not (n1, d) and (n2, d) of one ``d``, or a block would hold
       fewer than 2 samples.
+    FloatingPointError: for a feature vector with a NaN or an infinity.
   """
   x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
   if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
     raise ValueError(f'Expected features (n1, d) and (n2, d), got {x.shape} and {y.shape}.')
+  for name, z in (('features1', x), ('features2', y)):
+    nonfinite.check_rows(z, f'feature vectors of {name}', NO_METRIC)
   n_blocks = math.ceil(max(len(x), len(y)) / max_block_size)
   bx, by = _block_bounds(len(x), n_blocks), _block_bounds(len(y), n_blocks)
   if min(np.diff(bx).min(), np.diff(by).min()) < 2:

@@ -3,7 +3,9 @@
 ("Gotta Go Fast"), and ``'predict_project'`` (Euler-Maruyama with a learned projection).
 
 Every sampler is ``sampler(key, score_fn, params, ...) -> (x, nfe)`` with ``x`` in model space
-and ``nfe`` the number of score evaluations spent. See ``docs/sampling.md`` and
+and ``nfe`` the number of score evaluations spent; a non-finite state raises a
+FloatingPointError naming the examples and the time (:mod:`sde_jax.nonfinite`), and
+``sampler.reporting(...)`` returns ``(x, nfe, report)`` instead. See ``docs/sampling.md`` and
 ``docs/fast_samplers.md``; ``'predict_project'`` also takes the projection network's params
 (``docs/predict_project.md``).
 """

@@ -26,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sde_jax import rng
+from sde_jax import nonfinite, rng
 from sde_jax.sampling import schedules
 from sde_jax.sampling.compile import compile_sampler
 from sde_jax.sampling.pc import check_shape, prior_sample
@@ -138,7 +138,9 @@ def get_dpm_solver_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 20, orde
   Returns:
     ``sampler(key, score_fn, params, z=None, first_index=0) -> (x, nfe)``. The prior draw is
     per example (as in the PC sampler) and is the only randomness; with ``z`` given, ``key`` is
-    unused. ``nfe`` is a Python int equal to the budget.
+    unused. ``nfe`` is a Python int equal to the budget. A non-finite state raises a
+    FloatingPointError naming the examples and the time of the step that met it
+    (:mod:`sde_jax.nonfinite`).
 
   Raises:
     ValueError: for an order outside 1..3, an unknown schedule, a budget below ``1 + denoise``,
@@ -169,8 +171,9 @@ def get_dpm_solver_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 20, orde
                            s[i + 1] / s[i], orders[i])
       return (x, d0, d1), None
 
-    (x, _, _), _ = jax.lax.scan(step, (x, jnp.zeros_like(x), jnp.zeros_like(x)),
-                                jnp.arange(steps))
-    return predict(x, ts[-1]) if denoise else x
+    (x, _, _), _, seen = nonfinite.scan(step, (x, jnp.zeros_like(x), jnp.zeros_like(x)),
+                                        jnp.arange(steps), lambda i: ts[i])
+    x = predict(x, ts[-1]) if denoise else x
+    return x, nonfinite.watch_report(seen, x, ts[-1])
 
   return compile_sampler(sample, shape, nfe, name='dpm_solver++')

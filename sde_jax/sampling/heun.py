@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from sde_jax import rng
+from sde_jax import nonfinite, rng
 from sde_jax.sampling import schedules
 from sde_jax.sampling.compile import compile_sampler
 from sde_jax.sampling.pc import check_shape, prior_sample
@@ -89,7 +89,8 @@ def get_heun_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 35, rho: float
     ``sampler(key, score_fn, params, z=None, first_index=0) -> (x, nfe)``, ``nfe`` a Python
     int equal to the budget. Example i draws its prior from ``fold_in(k_i, 0)`` (as the PC
     sampler) and the churn noise of step n from ``fold_in(fold_in(k_i, 2), n)``; with ``z``
-    given the prior is not drawn.
+    given the prior is not drawn. A non-finite state raises a FloatingPointError naming the
+    examples and the time of the step that met it (:mod:`sde_jax.nonfinite`).
 
   Raises:
     ValueError: for a budget with no step, ``rho <= 0``, ``churn < 0``, or a bad shape.
@@ -137,10 +138,14 @@ def get_heun_sampler(sde: SDE, shape: tuple[int, ...], nfe: int = 35, rho: float
       return y_next
 
     y = batch_mul(1.0 / schedules.scale_std(sde, jnp.full(shape[:1], sde.T))[0], x)
+    seen = nonfinite.watch(shape[0])
     if n_euler:
       y = step(y, 0, second_order=False)
-    y, _ = jax.lax.scan(lambda y, i: (step(y, i, True), None), y, jnp.arange(n_euler, n))
-    return d_fn(y, ts[-1]) if denoise else batch_mul(
+      seen = nonfinite.record(seen, y, ts[0])
+    y, _, seen = nonfinite.scan(lambda y, i: (step(y, i, True), None), y,
+                                jnp.arange(n_euler, n), lambda i: ts[i], seen)
+    x = d_fn(y, ts[-1]) if denoise else batch_mul(
         schedules.scale_std(sde, jnp.full(shape[:1], eps))[0], y)
+    return x, nonfinite.watch_report(seen, x, ts[-1])
 
   return compile_sampler(sample, shape, nfe, name='heun')

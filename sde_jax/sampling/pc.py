@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sde_jax import rng
+from sde_jax import nonfinite, rng
 from sde_jax.sampling.correctors import CORRECTORS
 from sde_jax.sampling.predictors import PREDICTORS
 from sde_jax.sde import SDE, SubVPSDE, VPSDE
@@ -175,7 +175,10 @@ def get_pc_sampler(sde: SDE, shape: tuple[int, ...], predictor: str = 'reverse_d
     ``sampler(key, score_fn, params, first_index=0) -> (x, nfe)``: ``score_fn(params, x, t)``
     is jitted as a static argument, so new params or keys reuse the compiled program. ``x`` is in
     model space (no inverse scaler); ``nfe = N (predictor evals + n_steps corrector evals)``
-    is the number of score evaluations spent, a Python int.
+    is the number of score evaluations spent, a Python int. An example whose state goes
+    non-finite makes the call raise a FloatingPointError naming it and the time of the step
+    that met it (:mod:`sde_jax.nonfinite`); ``sampler.reporting`` returns ``(x, nfe, report)``
+    instead.
 
   Raises:
     ValueError: for unknown names, a predictor undefined for ``sde``, no predictor and no
@@ -198,13 +201,13 @@ def get_pc_sampler(sde: SDE, shape: tuple[int, ...], predictor: str = 'reverse_d
       return pred.update(score, rng.fold_in_all(pred_keys, n), x, t), None
 
     x = prior_sample(sde, keys, shape)
-    (x, x_mean), _ = jax.lax.scan(step, (x, x), jnp.arange(sde.N))
-    return x_mean if denoise else x
+    (x, x_mean), _, seen = nonfinite.scan(step, (x, x), jnp.arange(sde.N), lambda n: times[n])
+    out = x_mean if denoise else x
+    return out, nonfinite.watch_report(seen, out, eps)
 
   compiled = jax.jit(sample, static_argnums=1)
 
-  def sampler(key: Array, score_fn: ParamScoreFn, params: Any,
-              first_index: int | Array = 0) -> tuple[Array, int]:
-    return compiled(key, score_fn, params, first_index), nfe
+  def run(key: Array, score_fn: ParamScoreFn, params: Any, first_index: int | Array = 0):
+    return compiled(key, score_fn, params, first_index)
 
-  return sampler
+  return nonfinite.fixed_steps(run, nfe, 'pc', shape[0])

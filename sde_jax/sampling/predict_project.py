@@ -24,7 +24,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from sde_jax import rng
+from sde_jax import nonfinite, rng
 from sde_jax.sampling.pc import ParamScoreFn, check_shape, prior_sample
 from sde_jax.sde import SDE, batch_mul
 
@@ -95,6 +95,8 @@ def get_predict_project_sampler(sde: SDE, shape: tuple[int, ...], projection_fn:
   Returns:
     ``sampler(key, score_fn, params, projection_params, first_index=0) -> (x, nfe)``: ``x`` in
     model space, ``nfe = 2 N`` (one score and one projection evaluation per step), a Python int.
+    A non-finite state raises a FloatingPointError naming the examples and the time of the step
+    that met it (:mod:`sde_jax.nonfinite`); ``sampler.reporting`` returns ``(x, nfe, report)``.
 
   Raises:
     ValueError: for a bad shape, ``n_steps`` or ``step_size``.
@@ -120,13 +122,14 @@ def get_predict_project_sampler(sde: SDE, shape: tuple[int, ...], projection_fn:
       return (x_proj + batch_mul(diffusion * jnp.sqrt(dt), noise), x_proj), None
 
     x = prior_sample(sde, keys, shape)
-    (x, x_proj), _ = jax.lax.scan(body, (x, x), jnp.arange(n))
-    return x_proj if denoise else x
+    (x, x_proj), _, seen = nonfinite.scan(body, (x, x), jnp.arange(n), lambda i: times[i])
+    out = x_proj if denoise else x
+    return out, nonfinite.watch_report(seen, out, eps)
 
   compiled = jax.jit(sample, static_argnums=1)
 
-  def sampler(key: Array, score_fn: ParamScoreFn, params: Any, projection_params: Any,
-              first_index: int | Array = 0) -> tuple[Array, int]:
-    return compiled(key, score_fn, params, projection_params, first_index), 2 * n
+  def run(key: Array, score_fn: ParamScoreFn, params: Any, projection_params: Any,
+          first_index: int | Array = 0):
+    return compiled(key, score_fn, params, projection_params, first_index)
 
-  return sampler
+  return nonfinite.fixed_steps(run, 2 * n, 'predict_project', shape[0])

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 
 from sde_jax import nonfinite, parallel
 from sde_jax.sampling import get_sampler_from_config
-from sde_jax.sampling.compile import Sampler
 
 
 def sharded_sampler(config, score_model, batch: int, mesh, projection=None):
@@ -27,8 +26,8 @@ def sharded_sampler(config, score_model, batch: int, mesh, projection=None):
     ``draw(key, params, first_index) -> (images in [0, 1], nfe)``: example i uses
     ``fold_in(key, first_index + i)``; ``nfe`` (replicated) is the sampler's score evaluations
     (keeping it keeps the adaptive solver's did-not-finish check, which rides on it, in the
-    program). A non-finite state in the ODE or adaptive solver raises a FloatingPointError
-    naming the examples (indices within the call) and the time.
+    program). A non-finite state raises a FloatingPointError naming the examples (indices
+    within the call) and the time, on every process alike.
   """
   name = config.sampling.method.lower()
   shape = (batch, *score_model.image_shape)
@@ -37,20 +36,17 @@ def sharded_sampler(config, score_model, batch: int, mesh, projection=None):
       raise ValueError("sampling.method='predict_project' needs the projection network "
                        '(sde_jax.projection.restore_projection; sde-jax train-projection).')
     sampler = get_sampler_from_config(config, score_model.sde, shape, projection_fn=projection.fn)
-    # Both networks' params ride in `params`: (score's, projection's).
-    reporting = lambda key, score_fn, params, z, first: (
-        *sampler(key, score_fn, *params, first), nonfinite.no_report())
   else:
     sampler = get_sampler_from_config(config, score_model.sde, shape)
-    # The adaptive samplers' non-finite report leaves the program and is raised here, on every
-    # process alike (a raise inside a sharded program would leave the other devices waiting).
-    reporting = sampler.reporting if isinstance(sampler, Sampler) else (  # PC: fixed steps
-        lambda key, score_fn, params, z, first: (*sampler(key, score_fn, params, first),
-                                                 nonfinite.no_report()))
+  # Predict-Project's two networks' params ride in `params`: (score's, projection's).
   extra = (projection.params,) if name == 'predict_project' else ()
+  unpack = (lambda params: params) if extra else (lambda params: (params,))
 
   def draw(key, params, first_index):
-    x, nfe, report = reporting(key, score_model.score_fn, params, None, first_index)
+    # The sampler's non-finite report leaves the program and is raised below, on every process
+    # alike (a raise inside a sharded program would leave the other devices waiting).
+    x, nfe, report = sampler.reporting(key, score_model.score_fn, *unpack(params),
+                                       first_index=first_index)
     return score_model.inverse_scaler(x), jnp.asarray(nfe), report
 
   replicated = parallel.replicated(mesh)
