@@ -169,14 +169,14 @@ def get_likelihood_fn(sde: SDE, inverse_scaler: Callable, hutchinson_type: str =
     probe = None if exact_trace else _probe(draw, key, data, epsilon, first_index)
     vector_field = _augmented_vector_field(drift_fn, probe)
     state0 = (data, jnp.zeros((data.shape[0],), data.dtype))
-    (z, delta_logp), nfe, t = odeint.solve(vector_field, state0, eps, sde.T, rtol=rtol,
-                                           atol=atol, solver=solver)
-    bad = nonfinite.example_mask((z, delta_logp))
+    (z, delta_logp), nfe, t, unfinished = odeint.solve(vector_field, state0, eps, sde.T,
+                                                       rtol=rtol, atol=atol, solver=solver)
+    bad = nonfinite.example_mask((z, delta_logp)) & ~unfinished
     # The other examples stopped at t, not at T: none of the batch's values is a likelihood.
     z, delta_logp = (jnp.where(jnp.any(bad), jnp.nan, a) for a in (z, delta_logp))
     logp = sde.prior_logp(z) + delta_logp
     bpd = bits_per_dim(logp, int(np.prod(data.shape[1:])), offset)
-    return bpd, z, nfe, nonfinite.report(bad, t)
+    return bpd, z, nfe, nonfinite.report(bad, t, unfinished, odeint.MAX_STEPS)
 
   jitted = jax.jit(likelihood_fn, static_argnums=(1,))
 

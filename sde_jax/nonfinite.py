@@ -29,18 +29,26 @@ SHOWN = 8  # the examples a report names
 
 
 class Report(NamedTuple):
-  """The examples of a solve that hold a NaN or an infinity (all scalars).
+  """The examples of a solve that hold a NaN or an infinity, and whether an adaptive solver ran
+  out of steps (all scalars).
 
   Attributes:
     count: how many examples (int32).
     index: the first :data:`SHOWN` of them, in the batch of the call (int32; -1 pads).
     t: for each, the time of the step that met the non-finite value (an adaptive solver's
       time reached, where it stopped).
+    unfinished: bool: an adaptive solver spent its ``max_steps`` attempts without reaching
+      the end time (its result is NaN).
+    t_reached: the time it had reached then.
+    max_steps: its bound on attempts (int32; 0 for a solver without one).
   """
 
   count: Array
   index: tuple[Array, ...]
   t: tuple[Array, ...]
+  unfinished: Array
+  t_reached: Array
+  max_steps: Array
 
 
 def example_mask(tree) -> Array:
@@ -57,19 +65,23 @@ def example_mask(tree) -> Array:
   return jnp.any(jnp.stack(per_leaf), axis=0)
 
 
-def report(bad: Array, t: Array) -> Report:
+def report(bad: Array, t: Array, unfinished: Array | bool = False, max_steps: int = 0) -> Report:
   """The :class:`Report` of a solve (inside jit).
 
   Args:
     bad: bool (B,): the examples that hold a NaN or an infinity.
     t: the time of each, scalar or (B,) (see :class:`Report`).
+    unfinished: whether an adaptive solver ran out of attempts before the end time (then
+      ``t``'s largest value, or its value, is the time reached).
+    max_steps: the solver's bound on attempts, for the message.
 
   Returns:
     The report.
   """
   index = jnp.nonzero(bad, size=SHOWN, fill_value=-1)[0].astype(jnp.int32)
-  times = jnp.broadcast_to(jnp.asarray(t), bad.shape)[jnp.maximum(index, 0)]
-  return Report(jnp.sum(bad, dtype=jnp.int32), tuple(index), tuple(times))
+  times = jnp.broadcast_to(jnp.asarray(t), bad.shape)
+  return Report(jnp.sum(bad, dtype=jnp.int32), tuple(index), tuple(times[jnp.maximum(index, 0)]),
+                jnp.asarray(unfinished, bool), jnp.max(times), jnp.asarray(max_steps, jnp.int32))
 
 
 class Watch(NamedTuple):
@@ -145,10 +157,16 @@ def raise_if_any(rep: Report, solver: str, batch: int | None = None) -> None:
     batch: the batch size, for the message.
 
   Raises:
+    RuntimeError: if an adaptive solver ran out of attempts (``rep.unfinished``).
     FloatingPointError: naming the examples (indices within the call) and their time.
   """
   if isinstance(rep.count, jax.core.Tracer):
     return
+  if bool(rep.unfinished):
+    raise RuntimeError(
+        f'{solver}: the adaptive solver spent its max_steps={int(rep.max_steps)} attempts and '
+        f'stopped at t={float(rep.t_reached):.6g}, before the end time; loosen its tolerances '
+        '(rtol, atol) or raise max_steps. No result of this call is returned.')
   count = int(rep.count)
   if not count:
     return

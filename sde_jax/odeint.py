@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple
 
 import diffrax
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+
+MAX_STEPS = 16384  # the solvers' default bound on step attempts
+
 
 class Solution(NamedTuple):
   """What :func:`solve` returns.
@@ -24,25 +26,27 @@ class Solution(NamedTuple):
     y1: the state at ``t1``; NaN in the examples that met a non-finite state.
     nfe: the number of vector-field evaluations spent (int32).
     t: the time reached: ``t1``, or where a non-finite state stopped the solve.
+    unfinished: bool: ``max_steps`` attempts did not reach ``t1`` (``y1`` is then NaN).
   """
 
   y1: Any
   nfe: jax.Array
   t: jax.Array
+  unfinished: jax.Array
 
 
 def integrate(vector_field: Callable[[jax.Array, Any], Any], y0: Any, t0: float, t1: float, *,
               rtol: float = 1e-5, atol: float = 1e-5, solver: str = 'rk45',
-              max_steps: int = 16384) -> tuple[Any, jax.Array]:
+              max_steps: int = MAX_STEPS) -> tuple[Any, jax.Array]:
   """``(y1, nfe)`` of :func:`solve`."""
-  y1, nfe, _ = solve(vector_field, y0, t0, t1, rtol=rtol, atol=atol, solver=solver,
-                     max_steps=max_steps)
+  y1, nfe, _, _ = solve(vector_field, y0, t0, t1, rtol=rtol, atol=atol, solver=solver,
+                        max_steps=max_steps)
   return y1, nfe
 
 
 def solve(vector_field: Callable[[jax.Array, Any], Any], y0: Any, t0: float, t1: float, *,
           rtol: float = 1e-5, atol: float = 1e-5, solver: str = 'rk45',
-          max_steps: int = 16384) -> Solution:
+          max_steps: int = MAX_STEPS) -> Solution:
   """Solves ``dy/dt = vector_field(t, y)`` from ``t0`` to ``t1`` (either direction).
 
   Args:
@@ -54,12 +58,17 @@ def solve(vector_field: Callable[[jax.Array, Any], Any], y0: Any, t0: float, t1:
     solver: ``'rk45'`` (scipy's RK45, as the original code), ``'dopri5'`` (the same pair under
       diffrax's controller, which never shrinks an accepted step: fewer steps, larger error at
       the same tolerances) or ``'tsit5'``.
-    max_steps: a bound on the number of steps; exceeding it is an error.
+    max_steps: a bound on the number of steps; a solve that reaches it returns NaN and
+      ``unfinished`` (the caller raises on the host: :func:`sde_jax.nonfinite.raise_if_any`).
 
   A NaN or infinity in the state or in a step's proposal ends the solve at once (an adaptive
   solver would reject the step and retry ever smaller ones until ``max_steps``): the entries of
   ``y1`` that are not finite become NaN and ``t`` is the time reached. The caller reports it
   (:mod:`sde_jax.nonfinite`; examples are indices along the leading axis of ``y0``'s leaves).
+
+  Nothing here raises inside the program (no ``eqx.error_if``, diffrax's ``throw=False``): a
+  callback that raises runs on one device of a sharded program and leaves the others waiting in
+  their next collective, a hang that XLA ends by aborting the process.
 
   Returns:
     The :class:`Solution`.
@@ -74,7 +83,8 @@ def solve(vector_field: Callable[[jax.Array, Any], Any], y0: Any, t0: float, t1:
 
 
 def diffrax_solver(solver_cls, evals_per_step: int) -> Callable:
-  """``solve(vector_field, y0, t0, t1, *, rtol, atol, max_steps) -> (y1, nfe, t)`` with a
+  """``solve(vector_field, y0, t0, t1, *, rtol, atol, max_steps) -> (y1, nfe, t, unfinished)``
+  with a
   diffrax solver under its PID step-size controller (ended early by a non-finite state).
 
   Args:
@@ -90,12 +100,17 @@ def diffrax_solver(solver_cls, evals_per_step: int) -> Callable:
     sol = diffrax.diffeqsolve(
         term, solver_cls(), t0=t0, t1=t1, dt0=None, y0=y0,
         stepsize_controller=StopOnNonFinite(diffrax.PIDController(rtol=rtol, atol=atol)),
-        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True, controller_state=True))
+        max_steps=max_steps, saveat=diffrax.SaveAt(t1=True, controller_state=True),
+        throw=False)
     bad = sol.controller_state[1]
-    y1 = jax.tree_util.tree_map(lambda a, b: jnp.where(b, jnp.nan, a[-1]), sol.ys, bad)
+    # Anything but success or the stop of StopOnNonFinite (an event) did not reach t1.
+    unfinished = ~((sol.result == diffrax.RESULTS.successful)
+                   | (sol.result == diffrax.RESULTS.event_occurred))
+    y1 = jax.tree_util.tree_map(lambda a, b: jnp.where(b | unfinished, jnp.nan, a[-1]), sol.ys,
+                                bad)
     # The initial step-size selection evaluates once at t0; that value is the first stage too.
     nfe = jnp.asarray(evals_per_step * sol.stats['num_steps'] + _INIT_EVALS, jnp.int32)
-    return y1, nfe, sol.ts[-1]
+    return y1, nfe, sol.ts[-1], unfinished
 
   return solve
 
@@ -196,13 +211,13 @@ class _RK45State(NamedTuple):
 
 
 def rk45(vector_field, y0, t0: float, t1: float, *, rtol: float = 1e-5, atol: float = 1e-5,
-         max_steps: int = 16384):
-  """``(y1, nfe)`` of :func:`rk45_solve`."""
+         max_steps: int = MAX_STEPS):
+  """``(y1, nfe)`` of :func:`rk45_solve` (``y1`` NaN if ``max_steps`` did not reach ``t1``)."""
   return rk45_solve(vector_field, y0, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps)[:2]
 
 
 def rk45_solve(vector_field, y0, t0: float, t1: float, *, rtol: float = 1e-5,
-               atol: float = 1e-5, max_steps: int = 16384):
+               atol: float = 1e-5, max_steps: int = MAX_STEPS):
   """scipy's ``solve_ivp(method='RK45')`` algorithm in a ``lax.while_loop``.
 
   Step control, per attempt with error ``e = rms(err / (atol + rtol max(|y|, |y_new|)))``:
@@ -221,17 +236,14 @@ def rk45_solve(vector_field, y0, t0: float, t1: float, *, rtol: float = 1e-5,
     max_steps: the most step attempts (accepted or rejected) before giving up.
 
   Returns:
-    ``(y1, nfe, t)``: the state at ``t1`` (structure of ``y0``; NaN where it met a non-finite
-    state), the int32 number of vector-field evaluations, ``2 + 6 * attempts``, and the time
-    reached (``t1``, or the last accepted time before a non-finite state).
+    ``(y1, nfe, t, unfinished)``: the state at ``t1`` (structure of ``y0``; NaN where it met a
+    non-finite state, and everywhere if unfinished), the int32 number of vector-field
+    evaluations, ``2 + 6 * attempts``, the time reached (``t1``, or the last accepted time), and
+    whether ``max_steps`` attempts ran out before ``t1`` (not for a non-finite state, which the
+    caller reports from ``y1`` and ``t``).
 
   A NaN or infinity in the state or in an attempt's proposal ends the loop at once (a
   rejected non-finite step would otherwise be retried, ever smaller, until ``max_steps``).
-
-  Raises:
-    An equinox runtime error (``eqx.error_if``, raised inside jit when the result is computed)
-    if ``max_steps`` attempts do not reach ``t1`` (not for a non-finite state, which the
-    caller reports from ``y1`` and ``t``).
   """
   flat0, unravel = ravel_pytree(y0)
   dtype = flat0.dtype
@@ -265,11 +277,9 @@ def rk45_solve(vector_field, y0, t0: float, t1: float, *, rtol: float = 1e-5,
   init = _RK45State(t0, flat0, f0, h0.astype(dtype), jnp.array(False), jnp.array(0, jnp.int32),
                     _non_finite(flat0, f0))
   final = jax.lax.while_loop(running, attempt, init)
-  stopped = jnp.any(final.bad)
-  y1 = eqx.error_if(jnp.where(final.bad, jnp.nan, final.y), (final.t != t1) & ~stopped,
-                    f'rk45: max_steps={max_steps} attempts did not reach t1; raise max_steps or '
-                    'the tolerances.')
-  return unravel(y1), 2 + 6 * final.attempts, final.t
+  unfinished = (final.t != t1) & ~jnp.any(final.bad)
+  y1 = jnp.where(final.bad | unfinished, jnp.nan, final.y)
+  return unravel(y1), 2 + 6 * final.attempts, final.t, unfinished
 
 
 def _non_finite(y, f):

@@ -324,7 +324,7 @@ def test_bad_arguments():
 @LOW_DIM
 def test_adaptive_sde_max_steps_is_an_error():
   sampler = sampling.get_adaptive_sde_sampler(sde_lib.VPSDE(), (4, 2), max_steps=3)
-  with pytest.raises(Exception, match='max_steps=3'):
+  with pytest.raises(RuntimeError, match='spent its max_steps=3 attempts'):
     jax.block_until_ready(sampler(jax.random.key(0), gaussian_score('vpsde'), None))
 
 

@@ -5,7 +5,10 @@ samplers (PC, DPM-Solver++, Heun, Predict-Project, the controllable PC samplers)
 error naming the examples and the step that met the NaN, and no sample reaches an image file or a
 metric. That a finite batch solves as before is the samplers' own tests' business."""
 
+import os
 import re
+import subprocess
+import sys
 import types
 
 import jax
@@ -113,6 +116,47 @@ def test_sharded_sampler_reports_on_the_host(method):
   draw = sharded.sharded_sampler(config, model, 16, parallel.make_mesh(), projection)
   with pytest.raises(FloatingPointError, match=rf'{method}: non-finite .* example\(s\) 1 '):
     draw(jax.random.key(0), None, 0)
+
+
+# A child process, so that a hang (XLA aborts the process after 40 s) fails one test, not the
+# worker: 4 devices, the batch sharded over them, each adaptive solver stopped by max_steps=3.
+_MAX_STEPS_CHILD = """
+import jax, jax.numpy as jnp
+from sde_jax import nonfinite, parallel, sampling
+from sde_jax import sde as sde_lib
+sde, shape = sde_lib.VPSDE(), (8, 2)
+mesh = parallel.make_mesh()
+score = lambda params, x, t: -x / sde.marginal_prob(x, t)[1][:, None] ** 2
+x = jax.device_put(jnp.ones(shape), parallel.batch_sharding(mesh))
+samplers = {'ode/rk45': sampling.get_ode_sampler(sde, shape, max_steps=3),
+            'ode/dopri5': sampling.get_ode_sampler(sde, shape, solver='dopri5', max_steps=3),
+            'adaptive_sde': sampling.get_adaptive_sde_sampler(sde, shape, max_steps=3)}
+for name, sampler in samplers.items():
+  run = jax.jit(lambda z: sampler.reporting(jax.random.key(0), score, None, z=z),
+                out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh),
+                               parallel.replicated(mesh)))
+  _, _, report = run(x)
+  try:
+    nonfinite.raise_if_any(report, name)
+  except RuntimeError as e:
+    print('RAISED', name, e, flush=True)
+"""
+
+
+@pytest.mark.filterwarnings('ignore:method=.adaptive_sde. accepts or rejects')
+def test_max_steps_in_a_sharded_program_is_an_error_not_a_hang():
+  """An adaptive solver that runs out of steps in a program sharded over several devices: before,
+  ``eqx.error_if`` raised inside the program on one device, the other three waited in their
+  next all-reduce, and XLA aborted the process after 40 s. Now the solve returns NaN and an
+  ``unfinished`` flag in its report, raised on the host."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
+         'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, '-c', _MAX_STEPS_CHILD], env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  raised = [line for line in proc.stdout.splitlines() if line.startswith('RAISED')]
+  assert [line.split()[1] for line in raised] == ['ode/rk45', 'ode/dopri5', 'adaptive_sde']
+  assert all('spent its max_steps=3 attempts' in line for line in raised), raised
 
 
 def _marked(evals: list, traces: list):

@@ -30,7 +30,8 @@ def option_problems(rtol: float, atol: float) -> list[str]:
 
 
 def get_ode_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 1e-5, atol: float = 1e-5,
-                    eps: float = 1e-3, denoise: bool = False, solver: str = 'rk45'):
+                    eps: float = 1e-3, denoise: bool = False, solver: str = 'rk45',
+                    max_steps: int = odeint.MAX_STEPS):
   """Builds a probability-flow ODE sampler: ``x(eps)`` from ``x(T) ~ p_T`` (or a given ``z``).
 
   The whole batch is one ODE state, so the solver's error norm (RMS over all elements) and its
@@ -45,6 +46,8 @@ def get_ode_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 1e-5, atol: 
     denoise: finish with one reverse-diffusion step of the reverse SDE at ``eps`` without its
       noise, ``x <- x - f_rev(x, eps)`` (one more score evaluation).
     solver: a name in :data:`sde_jax.odeint.SOLVERS`.
+    max_steps: the solver's bound on step attempts; a solve that reaches it raises a
+      RuntimeError on the host.
 
   Returns:
     ``sampler(key, score_fn, params, z=None, first_index=0) -> (x, nfe)``. With ``z`` given,
@@ -67,10 +70,10 @@ def get_ode_sampler(sde: SDE, shape: tuple[int, ...], rtol: float = 1e-5, atol: 
     score = functools.partial(score_fn, params)
     keys = rng.per_example_keys(key, shape[0], first_index)
     x = prior_sample(sde, keys, shape) if z is None else z
-    x, nfe, t = odeint.solve(_flow(sde, score, shape[0]), x, sde.T, eps, rtol=rtol, atol=atol,
-                             solver=solver)
-    bad = nonfinite.example_mask(x)
-    report = nonfinite.report(bad, t)
+    x, nfe, t, unfinished = odeint.solve(_flow(sde, score, shape[0]), x, sde.T, eps, rtol=rtol,
+                                         atol=atol, solver=solver, max_steps=max_steps)
+    bad = nonfinite.example_mask(x) & ~unfinished
+    report = nonfinite.report(bad, t, unfinished, max_steps)
     x = jnp.where(jnp.any(bad), jnp.nan, x)  # the others stopped at t, not at eps
     if denoise:
       # x_mean of the step does not use the noise, so these keys cost nothing after XLA's DCE.
