@@ -111,6 +111,21 @@ def _same(a: list, b: list) -> bool:
                                   x.tobytes() == y.tobytes() for x, y in zip(a, b))
 
 
+def peak_rss() -> int:
+  """This process's peak resident memory since it started this script, in bytes.
+
+  ``/proc/self/status``'s ``VmHWM``, the high-water mark of the address space that ``exec``
+  made, and not ``getrusage``'s ``ru_maxrss``: Linux carries that one over from the process
+  before ``exec``, which here is a fork of a pytest worker holding gigabytes (JAX, compiled
+  programs), so it measured the worker's memory instead of the reader's.
+  """
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith('VmHWM:'):
+        return int(line.split()[1]) * 1024
+  raise RuntimeError('no VmHWM line in /proc/self/status')
+
+
 def _case(reader, case: int, kind: str, data: bytes, reference: list | None, **kwargs) -> None:
   """Reads one file and prints its JSON line."""
   print(json.dumps({'start': case, 'kind': kind}), flush=True)
@@ -123,7 +138,7 @@ def _case(reader, case: int, kind: str, data: bytes, reference: list | None, **k
     outcome, detail = type(e).__name__, str(e)[:500]
   print(json.dumps({'case': case, 'kind': kind, 'outcome': outcome, 'detail': detail,
                     'seconds': time.perf_counter() - start,
-                    'max_rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}),
+                    'max_rss': peak_rss()}),
         flush=True)
 
 

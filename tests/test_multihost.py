@@ -71,12 +71,17 @@ def _train_worker(argv):
   The data pipeline shards the data set between processes (process p of n owns rows p, p + n,
   ...), so its global batches depend on n; here each process instead takes its slice of the
   stream a single process would read, and any difference between runs comes from the parallel
-  code alone. A first argument ``--batch_delay=S`` makes each batch wait S seconds. Prints
-  ``PID <id>`` (for a test to signal this process alone).
+  code alone. A first argument ``--batch_delay=S`` makes each batch wait S seconds;
+  ``--split_replicated`` makes orbax split every replicated array among its replicas (each
+  process then writes files of its own). Prints ``PID <id>`` (for a test to signal this process
+  alone).
   """
   delay = 0.0
   if argv and argv[0].startswith('--batch_delay='):
     delay, argv = float(argv[0].split('=', 1)[1]), argv[1:]
+  if argv and argv[0] == '--split_replicated':
+    from sde_jax.checkpoints import sealed_manager
+    sealed_manager.MIN_SLICE_BYTES, argv = 0, argv[1:]
   from sde_jax import cli
   from sde_jax.data import pipeline
   get_dataset = pipeline.get_dataset
@@ -200,8 +205,10 @@ def jobs(tmp_path_factory, compilation_cache):
   # orbax commits a step by renaming its temporary directory into `saved`: the last change there.
   out['seconds_after_sigterm'] = {'committed': os.stat(saved).st_mtime - sent,
                                   'exited': exited - sent}
-  resumed = subprocess.run([*two_processes, '--workdir', two, *TINY_FSDP], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
+  # Every array split among its replicas: process 1 writes half of each (its replicas), and the
+  # manifest of the last step must list them.
+  resumed = subprocess.run([*two_processes, '--split_replicated', '--workdir', two, *TINY_FSDP],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   out['resumed'] = (resumed.returncode, resumed.stdout + resumed.stderr, two)
   one_job.wait(timeout=300)
   out['one'] = (one_job.returncode, (root / 'one.log').read_text(), one)
@@ -257,7 +264,9 @@ def test_two_processes_with_fsdp_preempted_and_resumed_train_like_one_process(jo
     assert sorted(two_values) == sorted(one_values) == LOGGED
     np.testing.assert_allclose([two_values[s] for s in LOGGED], [one_values[s] for s in LOGGED],
                                rtol=1e-5, err_msg=tag)
-  # Process 0 wrote the manifest after both processes had written their files: it covers both.
+  # Process 0 wrote the manifest after both processes had written their files: it covers both
+  # (with --split_replicated; by default process 0 holds a replica of every array of this mesh
+  # and, all of them under sealed_manager.MIN_SLICE_BYTES, writes them whole).
   with open(os.path.join(two, 'checkpoints', str(LOGGED[-1]), 'manifest.json')) as f:
     files = json.load(f)['files']
   assert {p for p in (0, 1) if any(f'ocdbt.process_{p}/' in name for name in files)} == {0, 1}
