@@ -1,5 +1,6 @@
 """The ``sde-jax`` command: ``sde-jax COMMAND --config CONFIG --workdir DIR [--config.a.b=v]``
-(``sde-jax compare --workdir DIR`` takes no config).
+(``sde-jax compare --workdir DIR`` takes no config, ``sde-jax plan --config CONFIG --topology
+NAME`` no workdir).
 
 Flags only; each command calls one function.
 """
@@ -36,6 +37,13 @@ flags.DEFINE_list('allow_config_change', [], 'train, train-classifier, train-pro
 flags.DEFINE_bool('allow_projection_mismatch', False, 'sample, eval with '
                   'sampling.method=predict_project: use a projection network trained against '
                   'another score checkpoint than the one sampled (docs/predict_project.md).')
+flags.DEFINE_string('topology', None, 'plan: the TPU topology to compile for (v5e:4x4, '
+                    'v5p:2x2x2, v5litepod-16, ...; docs/launch.md).')
+flags.DEFINE_bool('json', False, 'plan: print one JSON object per program.')
+flags.DEFINE_bool('max_batch', False, 'plan: search the largest global batch of each program '
+                  'that fits (one compile per candidate).')
+flags.DEFINE_list('programs', ['train', 'eval_loss', 'sample'], 'plan: the programs to compile '
+                  '(train, eval_loss, sample, bpd, fid_features).')
 flags.DEFINE_string('folder', None, 'inpaint, colorize: a folder of PNG / JPEG images to use '
                     'instead of the config\'s eval split.')
 
@@ -121,6 +129,15 @@ def _fid_stats(config, workdir):
   print(f'Wrote the data set statistics to {path}')
 
 
+def _plan(config, workdir):
+  del workdir  # compiles only; writes nothing
+  if FLAGS.topology is None:
+    raise app.UsageError('sde-jax plan needs --topology (v5e:4x4, v5p:2x2x2, v5litepod-16, ...).')
+  from sde_jax.jobs import plan
+  print(plan.plan_text(config, FLAGS.topology, tuple(FLAGS.programs), as_json=FLAGS.json,
+                       search=FLAGS.max_batch))
+
+
 def _compare(config, workdir):
   del config  # reads the eval reports under --workdir only
   from sde_jax.jobs import compare
@@ -130,8 +147,9 @@ def _compare(config, workdir):
 COMMANDS = {'toy': _toy, 'import': _import, 'train': _train, 'sample': _sample, 'eval': _eval,
             'fid-stats': _fid_stats, 'compare': _compare, 'inpaint': _inpaint,
             'colorize': _colorize, 'train-classifier': _train_classifier,
-            'train-projection': _train_projection}
+            'train-projection': _train_projection, 'plan': _plan}
 NO_CONFIG = ('compare',)  # commands that need --workdir only
+NO_WORKDIR = ('plan',)  # commands that need --config only
 
 
 def _main(argv):
@@ -141,6 +159,9 @@ def _main(argv):
   if argv[1] in NO_CONFIG:
     if FLAGS.workdir is None:
       raise app.UsageError(f'sde-jax {argv[1]} needs --workdir.')
+  elif argv[1] in NO_WORKDIR:
+    if FLAGS.config is None:
+      raise app.UsageError(f'sde-jax {argv[1]} needs --config.')
   elif FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError('--config and --workdir are required.')
   logging.set_verbosity(logging.INFO)

@@ -189,6 +189,7 @@ def get_likelihood_fn(sde: SDE, inverse_scaler: Callable, hutchinson_type: str =
     nonfinite.raise_if_any(report, f'likelihood ({solver})', data.shape[0])
     return bpd, z, nfe
 
+  call.jitted = jitted  # (key, score_fn, params, data, epsilon, uint32 first_index): sde-jax plan
   return call
 
 

@@ -9,13 +9,17 @@ global batch and :func:`host_local_to_global` assembles the global array.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
+from jax.experimental import multihost_utils, topologies
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sde_jax import tpu_specs
 
 BATCH_AXES = ('data', 'fsdp')
 # Arrays with fewer elements stay replicated under FSDP (``config.parallel.fsdp_min_size``).
@@ -75,6 +79,76 @@ def mesh_from_config(config) -> Mesh:
   mesh over every device with ``config.parallel.fsdp``."""
   initialize()
   return make_mesh(config.parallel.fsdp)
+
+
+# Cloud TPU accelerator types (``v5litepod-16``, ``v5p-32``) -> libtpu's topology shapes: the
+# slice shapes of the Cloud TPU pages of each generation. v5e and v6e count chips, v4 and v5p
+# count TensorCores (two per chip).
+_CLOUD_2D = {1: '1x1', 4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
+             256: '16x16'}
+_CLOUD_3D = {4: '2x2x1', 8: '2x2x2', 16: '2x2x4', 32: '2x4x4', 64: '4x4x4', 128: '4x4x8',
+             256: '4x8x8', 512: '8x8x8'}
+_CLOUD = {'v5litepod': ('v5e', _CLOUD_2D, 1), 'v5e': ('v5e', _CLOUD_2D, 1),
+          'v6e': ('v6e', _CLOUD_2D, 1), 'v4': ('v4', _CLOUD_3D, 2), 'v5p': ('v5p', _CLOUD_3D, 2)}
+TOPOLOGY_FORMS = (
+    'GENERATION:SHAPE with GENERATION one of ' + ', '.join(tpu_specs.BY_NAME) + ' and SHAPE the '
+    'chips along each axis (v5e:2x2, v6e:4x8, v5p:2x2x1, v4:2x2x2), or a Cloud TPU accelerator '
+    'type of a standard shape (v5litepod-16, v6e-8, v5p-32, v4-8)')
+
+
+def topology_name(name: str) -> str:
+  """``name`` as libtpu names a topology (``'v5e:4x4'``); Cloud accelerator types translated.
+
+  Raises:
+    ValueError: naming ``name`` and the accepted forms (:data:`TOPOLOGY_FORMS`).
+  """
+  m = re.fullmatch(r'(v[0-9][a-z]*):([0-9]+(?:x[0-9]+){1,2})', name.strip())
+  if m and m.group(1) in tpu_specs.BY_NAME:
+    return f'{m.group(1)}:{m.group(2)}'
+  m = re.fullmatch(r'(v[0-9][a-z]*)-([0-9]+)', name.strip())
+  if m and m.group(1) in _CLOUD:
+    generation, shapes, per_chip = _CLOUD[m.group(1)]
+    shape = shapes.get(int(m.group(2)) // per_chip)
+    if shape is not None and int(m.group(2)) % per_chip == 0:
+      return f'{generation}:{shape}'
+  raise ValueError(f'--topology={name!r} is not a TPU topology sde-jax knows; expected '
+                   f'{TOPOLOGY_FORMS}.')
+
+
+def topology_devices(name: str) -> list:
+  """libtpu's compile-only devices of the TPU topology ``name``: programs can be compiled for
+  them on any host (nothing runs on them).
+
+  Args:
+    name: a topology (:data:`TOPOLOGY_FORMS`).
+
+  Returns:
+    The devices of every host of the slice, in libtpu's order.
+
+  Raises:
+    ValueError: for a name that is not a topology, or one libtpu refuses (its reason given).
+    RuntimeError: if libtpu is not installed (the command that installs it given).
+  """
+  canonical = topology_name(name)
+  if importlib.util.find_spec('libtpu') is None:
+    raise RuntimeError(
+        f'Compiling for --topology={name} needs libtpu (XLA\'s TPU compiler), which is not '
+        f"installed: pip install 'sde-jax[tpu]' (or pip install 'jax[tpu]=={jax.__version__}', "
+        'the libtpu of the installed jax).')
+  # libtpu refuses a second process on the host (a lock in /tmp) unless told otherwise: compiling
+  # claims no chip, so plans may run side by side, and beside a job that holds the chips.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  shape = [int(n) for n in canonical.split(':')[1].split('x')]
+  try:
+    return list(topologies.get_topology_desc(topology_name=canonical, platform='tpu').devices)
+  except jax.errors.JaxRuntimeError as e:
+    if 'chips_per_host_bounds' not in str(e) or np.prod(shape) > 4:
+      raise ValueError(f'--topology={name!r}: libtpu refuses {canonical!r}: {e}. Expected '
+                       f'{TOPOLOGY_FORMS}.') from None
+  # A slice smaller than one host (v5e:1x1) is its own host.
+  return list(topologies.get_topology_desc(
+      topology_name=canonical, platform='tpu',
+      chips_per_host_bounds=(shape + [1])[:3]).devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -42,6 +42,28 @@ def stacked_batches(config, per_process: int, n_steps: int, start_step: int, mes
            for k in keys}
 
 
+# The dtypes of a batch's entries (sde_jax.data.get_dataset), for compile-time arguments.
+BATCH_DTYPES = {'image': np.float32, 'label': np.int32, 'mask': np.bool_}
+
+
+def abstract_stacked_batches(n_steps: int, batch: int, example_shape: tuple[int, ...], mesh,
+                             keys: tuple[str, ...] = ('image',)) -> dict:
+  """What :func:`stacked_batches` yields, as ``ShapeDtypeStruct`` leaves with their shardings:
+  ``{key: (n_steps, batch, ...)}`` for a global ``batch`` (compiling ahead of time)."""
+  shapes = {'image': tuple(example_shape), 'label': (), 'mask': ()}
+  sharding = parallel.steps_sharding(mesh)
+  return {k: jax.ShapeDtypeStruct((n_steps, batch, *shapes[k]), BATCH_DTYPES[k],
+                                  sharding=sharding) for k in keys}
+
+
+def abstract_eval_batch(batch: int, example_shape: tuple[int, ...], mesh) -> dict:
+  """What :func:`eval_batches` yields, as ``ShapeDtypeStruct`` leaves with their shardings."""
+  sharding = parallel.batch_sharding(mesh)
+  return {'image': jax.ShapeDtypeStruct((batch, *example_shape), BATCH_DTYPES['image'],
+                                        sharding=sharding),
+          'mask': jax.ShapeDtypeStruct((batch,), BATCH_DTYPES['mask'], sharding=sharding)}
+
+
 class Prefetch:
   """Draws the items of an iterator ahead on a background thread, at most ``depth`` of them.
 

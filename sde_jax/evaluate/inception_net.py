@@ -66,13 +66,19 @@ def load_inception(settings: EvalSettings, mesh) -> Inception:
         f"weights: get pytorch-fid's FID Inception file from {inception.WEIGHTS_URL} and pass "
         '--config.eval.inception_weights=PATH (the .pth, or an .npz converted from it; see '
         'docs/evaluation.md).')
-  model = inception.InceptionV3(width=settings.inception_width,
-                                image_size=settings.inception_image_size)
+  model, apply_fn = inception_network(settings)
   params = inception.load_params(settings.inception_weights, model)
   # Once per job: every call of fid.extract_features then finds them in place.
   params = jax.device_put(params, parallel.replicated(mesh))
-  return Inception(model, params, lambda p, x: model.apply({'params': p}, x),
-                   os.fspath(workdir_lib.path(settings.inception_weights)))
+  return Inception(model, params, apply_fn, os.fspath(workdir_lib.path(settings.inception_weights)))
+
+
+def inception_network(settings: EvalSettings) -> tuple[inception.InceptionV3, Callable]:
+  """The network of ``eval.inception_width`` / ``inception_image_size`` and its
+  ``apply_fn(params, uint8 images) -> {'pool_3', 'logits'}`` (no weights read)."""
+  model = inception.InceptionV3(width=settings.inception_width,
+                                image_size=settings.inception_image_size)
+  return model, lambda p, x: model.apply({'params': p}, x)
 
 
 def load_data_pools(settings: EvalSettings, config, net: Inception) -> np.ndarray:

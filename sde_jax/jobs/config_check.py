@@ -53,7 +53,7 @@ from sde_jax.sampling import adaptive_sde, dpm_solver, heun, ode, pc, predict_pr
 from sde_jax.train.schedule import schedule_problems
 
 COMMANDS = ('train', 'sample', 'eval', 'inpaint', 'colorize', 'class', 'train-classifier',
-            'train-projection', 'fid-stats', 'import')
+            'train-projection', 'fid-stats', 'import', 'plan')
 _ERRORS = (ValueError, TypeError, KeyError, AttributeError)
 # The samplers' own option checks, which build nothing (their factories compute time grids with
 # jax, which would start the backend before ``jax.distributed.initialize``).
@@ -134,6 +134,11 @@ def problems(config, command: str, mesh=None, **files) -> list[str]:
                    "'predict_project' is trained after the score model), or "
                    'training.snapshot_sampling=False')
   elif command == 'sample':
+    _batch_problems('eval.batch_size', config.eval.batch_size, None, found)
+    users += _sampler_problems(config, sde, found)
+  elif command == 'plan':  # compiles the train, eval-loss and sampling programs
+    _batch_problems('training.batch_size', config.training.batch_size, mesh, found)
+    found.extend(schedule_problems(config.training, 'training'))
     _batch_problems('eval.batch_size', config.eval.batch_size, None, found)
     users += _sampler_problems(config, sde, found)
   elif command in ('eval', 'fid-stats'):

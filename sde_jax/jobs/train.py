@@ -3,8 +3,6 @@ its snapshot sample grids (judged by the digits classifier on the embedded digit
 
 from __future__ import annotations
 
-import json
-
 import jax
 import numpy as np
 from absl import logging
@@ -17,7 +15,7 @@ from sde_jax.score_model import ScoreModel
 from sde_jax.train import loop
 from sde_jax.train import state as state_lib
 from sde_jax.data import global_batches
-from sde_jax.jobs import config_check
+from sde_jax.jobs import config_check, score_trainer
 from sde_jax.metrics import digits
 
 SAMPLES_DIR = 'samples'
@@ -106,7 +104,6 @@ def train_and_evaluate(config, workdir: str,
   per_process = parallel.check_batch_size(tc.batch_size, mesh)
   loop.final_step(tc)
   score_model = ScoreModel.from_config(config)
-  train_loss = score_model.loss_fn(config, train=True)
 
   evals = global_batches.eval_batches(config, per_process, mesh)
   eval_loss = score_model.loss_fn(config, train=False)
@@ -130,11 +127,6 @@ def train_and_evaluate(config, workdir: str,
     judge_samples(config, images, workdir, step)
 
   (workdir_lib.path(workdir) / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
-  trainer = loop.Trainer(
-      name=config.model.name, source='sde-jax train', model=score_model.model,
-      example_shape=score_model.image_shape,
-      loss_fn=lambda params, key, batch: train_loss(params, key, batch['image']),
-      training=tc, optim=config.optim, ema_rate=config.model.ema_rate, evaluate=evaluate,
-      after_keep=sample_grid if draw is not None else None,
-      meta={'config': json.loads(config.to_json_best_effort())})
+  trainer = score_trainer.score_trainer(config, score_model, evaluate=evaluate,
+                                        after_keep=sample_grid if draw is not None else None)
   return loop.fit(config, trainer, workdir, mesh, allow_config_change=allow_config_change)

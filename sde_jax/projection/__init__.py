@@ -4,10 +4,12 @@ its network and output scale (:mod:`.network`) and its training loss (:mod:`.los
 docs/predict_project.md."""
 
 from sde_jax.projection.loss import projection_loss_fn, step_times
-from sde_jax.projection.network import (SUBDIR, Projection, check_pairing, get_projection_fn,
-                                        get_projection_model, output_scale, projection_config,
-                                        projection_if_used, restore_projection)
+from sde_jax.projection.network import (SUBDIR, Projection, abstract_projection, check_pairing,
+                                        get_projection_fn, get_projection_model, output_scale,
+                                        projection_config, projection_if_used,
+                                        restore_projection)
 
-__all__ = ['SUBDIR', 'Projection', 'check_pairing', 'get_projection_fn', 'get_projection_model',
+__all__ = ['SUBDIR', 'Projection', 'abstract_projection', 'check_pairing', 'get_projection_fn',
+           'get_projection_model',
            'output_scale', 'projection_config', 'projection_if_used', 'projection_loss_fn',
            'restore_projection', 'step_times']

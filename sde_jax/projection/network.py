@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from sde_jax import checkpoints, models
+from sde_jax import checkpoints, models, parallel
 from sde_jax import sde as sde_lib
 from sde_jax.sde import batch_mul
 
@@ -115,8 +115,7 @@ def restore_projection(config, workdir: str, score_model, mesh=None) -> Projecti
     FileNotFoundError: naming the folder, if it holds no checkpoint.
   """
   model = get_projection_model(config)
-  abstract = jax.eval_shape(lambda key: models.init_params(
-      model, key, (1, *score_model.image_shape)), jax.random.key(0))
+  abstract = _abstract_params(model, score_model)
   directory = os.path.join(workdir, SUBDIR)
   try:
     params, step = checkpoints.restore_ema(directory, abstract, mesh)
@@ -132,6 +131,21 @@ def restore_projection(config, workdir: str, score_model, mesh=None) -> Projecti
     manager.close()
   return Projection(get_projection_fn(score_model.sde, model), params, step,
                     None if score_step is None else int(score_step))
+
+
+def _abstract_params(model, score_model):
+  return jax.eval_shape(lambda key: models.init_params(
+      model, key, (1, *score_model.image_shape)), jax.random.key(0))
+
+
+def abstract_projection(config, score_model, mesh) -> Projection:
+  """The projection network of ``config`` with ``ShapeDtypeStruct`` params placed on ``mesh``
+  as :func:`restore_projection` places them: what ``sde-jax plan`` compiles the
+  Predict-Project sampler with (no checkpoint read, nothing computed)."""
+  model = get_projection_model(config)
+  abstract = _abstract_params(model, score_model)
+  params = parallel.with_shardings(abstract, parallel.sharded_like(abstract, mesh))
+  return Projection(get_projection_fn(score_model.sde, model), params, step=0)
 
 
 def check_pairing(projection: Projection, score_step: int, workdir: str,

@@ -86,6 +86,28 @@ def final_step(training, prefix: str = 'training') -> int:
   return training.n_iters // n * n
 
 
+def unrolls_steps(mesh) -> bool:
+  """Whether the compiled step unrolls its ``n_jitted_steps`` optimizer steps: on CPU only
+  (:func:`sde_jax.train.state.make_train_step`)."""
+  return mesh.devices.flat[0].platform == 'cpu'
+
+
+def compile_step(trainer: Trainer, state_shardings, mesh):
+  """The trainer's jitted ``train_steps(state, batches) -> (state, metrics)`` over ``mesh``
+  (:func:`sde_jax.train.state.compile_train_step`): what :func:`fit` runs, and what
+  ``sde-jax plan`` compiles ahead of time."""
+  return state_lib.compile_train_step(state_lib.make_train_step(
+      trainer.loss_fn, state_lib.make_optimizer(trainer.optim), float(trainer.ema_rate),
+      state_lib.learning_rate_schedule(trainer.optim), unroll=unrolls_steps(mesh)),
+      state_shardings, mesh)
+
+
+def initializer(trainer: Trainer):
+  """``init(key) -> TrainState`` of the trainer's network and optimizer at step 0."""
+  return state_lib.state_initializer(trainer.model, state_lib.make_optimizer(trainer.optim),
+                                     trainer.example_shape)
+
+
 def fit(config, trainer: Trainer, directory: str, mesh,
         allow_config_change: Iterable[str] = ()) -> state_lib.TrainState:
   """Trains ``trainer`` into ``directory``, resuming from its newest intact checkpoint if any.
@@ -122,13 +144,13 @@ def fit(config, trainer: Trainer, directory: str, mesh,
   # --- Checks: everything that can be wrong with the config fails before anything is written.
   per_process = parallel.check_batch_size(tc.batch_size, mesh)
   last = final_step(tc)
-  optimizer = state_lib.make_optimizer(trainer.optim)
+  state_lib.make_optimizer(trainer.optim)  # refuses an unknown optimizer before any write
 
   # --- State: the latest checkpoint, or step 0.
   manager = checkpoints.checkpoint_manager(directory, keep_last=tc.keep_last,
                                            keep_every=tc.snapshot_freq,
                                            item_names=checkpoints.TRAIN_ITEMS, writer=True)
-  init = state_lib.state_initializer(trainer.model, optimizer, trainer.example_shape)
+  init = initializer(trainer)
   state, shardings, step = resume.restore_or_init(
       manager, init, mesh, config.seed, config.parallel.fsdp_min_size,
       config=trainer.meta.get('config'), allow_config_change=allow_config_change)
@@ -139,10 +161,7 @@ def fit(config, trainer: Trainer, directory: str, mesh,
           'num_params': checkpoints.num_params(state.params), **trainer.meta}
 
   # --- The compiled step and the data from `step` on.
-  on_cpu = mesh.devices.flat[0].platform == 'cpu'
-  train_step = state_lib.compile_train_step(state_lib.make_train_step(
-      trainer.loss_fn, optimizer, float(trainer.ema_rate),
-      state_lib.learning_rate_schedule(trainer.optim), unroll=on_cpu), shardings, mesh)
+  train_step = compile_step(trainer, shardings, mesh)
   batches = global_batches.stacked_batches(config, per_process, tc.n_jitted_steps, step, mesh,
                                            keys=trainer.batch_keys)
   log = MetricLog(directory, tc.batch_size, last)

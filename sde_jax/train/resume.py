@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 from sde_jax import checkpoints, parallel, workdir as workdir_lib
 from sde_jax.checkpoints import integrity
 from sde_jax.train import config_guard
-from sde_jax.train.state import TrainState, all_finite
+from sde_jax.train.state import TrainState, abstract_state, all_finite
 
 DAMAGED_PREFIX = 'damaged-'
 
@@ -71,8 +71,7 @@ def restore_or_init(manager, init_fn: Callable, mesh, seed: int,
     CheckpointError: if every checkpoint is damaged.
     ConfigChangeError: if the config changed in a guarded field not allowed.
   """
-  abstract = jax.eval_shape(init_fn, jax.random.key(seed))
-  shardings = parallel.param_shardings(mesh, abstract, fsdp_min_size)
+  abstract, shardings = abstract_state(init_fn, seed, mesh, fsdp_min_size)
   if not manager.all_steps():
     state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(seed))
     return state, shardings, 0

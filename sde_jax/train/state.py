@@ -85,6 +85,15 @@ def state_initializer(model, optimizer, example_shape: tuple[int, ...]) -> Calla
   return functools.partial(init_train_state, model, optimizer, (1, *example_shape))
 
 
+def abstract_state(init_fn: Callable, seed: int, mesh,
+                   fsdp_min_size: int = parallel.FSDP_MIN_SIZE) -> tuple[Any, Any]:
+  """``(abstract, shardings)``: the state ``init_fn(key(seed))`` would make, as
+  ``ShapeDtypeStruct`` leaves (nothing computed), and where each leaf lives on ``mesh``
+  (:func:`sde_jax.parallel.param_shardings`)."""
+  abstract = jax.eval_shape(init_fn, jax.random.key(seed))
+  return abstract, parallel.param_shardings(mesh, abstract, fsdp_min_size)
+
+
 def make_train_step(loss_fn, optimizer, ema_rate: float, schedule: optax.Schedule,
                     unroll: bool = False):
   """``train_steps(state, batches) -> (state, metrics)``: one optimizer step per leading index of

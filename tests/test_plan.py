@@ -1,0 +1,127 @@
+"""``sde-jax plan``: the jobs' programs compiled for a TPU topology on this CPU-only host (libtpu's
+compile-only devices), the report's arithmetic, and the errors raised before anything compiles.
+
+The compiles use the recipe's tiny networks: a few seconds each for v5e:2x2. Every program of
+every sampler is compiled for a TPU by bench/plan_programs.py, which .ci/run runs after the
+suite.
+"""
+
+import json
+
+import jax
+import pytest
+
+from sde_jax import compile_report, parallel, tpu_specs
+from sde_jax.tpu_specs import GIB
+from sde_jax.jobs import plan
+from tests import helpers
+
+TOPOLOGY = 'v5e:2x2'
+
+
+def _schedule(n_jitted_steps: int, **training) -> dict:
+  """A training section whose periods suit ``n_jitted_steps``."""
+  periods = dict(log_freq=n_jitted_steps, eval_freq=n_jitted_steps,
+                 snapshot_freq=n_jitted_steps, snapshot_freq_for_preemption=n_jitted_steps)
+  return dict(n_jitted_steps=n_jitted_steps, **periods, **training)
+
+
+# --- The report's arithmetic, on its own.
+
+def test_out_of_memory_messages_give_the_bytes():
+  parse = compile_report.parse_out_of_memory
+  assert parse('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO '
+               'temporaries (19.25G) exceeds available HBM (15.75G).') == (
+                   int(19.25 * GIB), int(15.75 * GIB))
+  assert parse('XLA:TPU compile permanent error. Ran out of memory in memory space hbm. Used '
+               '20.50G of 15.48G hbm. Exceeded hbm capacity by 5.02G.') == (
+                   int(20.5 * GIB), int(15.48 * GIB))
+  assert parse('INVALID_ARGUMENT: something else') is None
+
+
+def test_memory_total_roofline_and_chip_shares():
+  memory = {'argument': 100, 'output': 60, 'alias': 50, 'temp': 30, 'code': 7}
+  assert compile_report.total_bytes(memory) == 100 + 60 - 50 + 30 + 7
+  chip = tpu_specs.BY_NAME['v5e']
+  # Compute-bound: 1e12 FLOPs at 197 TFLOP/s beat 1 GB at 819 GB/s; memory-bound the other way.
+  assert compile_report.roofline_seconds(1e12, 1e9, chip) == pytest.approx(1e12 / 197e12)
+  assert compile_report.roofline_seconds(1e9, 1e12, chip) == pytest.approx(1e12 / 819e9)
+  half = tpu_specs.BY_NAME['v4'].per_device(2)  # libtpu's v4 devices are TensorCores
+  assert (half.hbm_bytes, half.peak_flops, half.hbm_bandwidth) == (16 * GIB, 137.5e12, 600e9)
+  assert tpu_specs.chip_of('TPU v5 lite') is chip
+  with pytest.raises(ValueError, match="'TPU v9'.*known"):
+    tpu_specs.chip_of('TPU v9')
+  assert compile_report.format_bytes(2.39 * GIB) == '2.39 GiB'
+
+
+def test_topology_names_and_their_errors():
+  name = parallel.topology_name
+  assert name('v5e:2x2') == 'v5e:2x2'
+  assert name('v5litepod-16') == 'v5e:4x4'
+  assert name('v5p-8') == 'v5p:2x2x1'  # v5p counts TensorCores: 8 of them are 4 chips
+  assert name('v6e-8') == 'v6e:2x4'
+  for bad in ('tpu', 'v7:2x2', 'v5e-3', 'v5e:2', 'cuda:h100'):
+    with pytest.raises(ValueError, match=r'not a TPU topology.*v5e:2x2.*v5litepod-16'):
+      name(bad)
+
+
+def test_missing_libtpu_names_the_install_command(monkeypatch):
+  real = parallel.importlib.util.find_spec
+  monkeypatch.setattr(parallel.importlib.util, 'find_spec',
+                      lambda n, *a: None if n == 'libtpu' else real(n, *a))
+  with pytest.raises(RuntimeError, match=r"pip install 'sde-jax\[tpu\]'"):
+    parallel.topology_devices(TOPOLOGY)
+
+
+def test_a_batch_the_mesh_cannot_split_fails_before_compiling(monkeypatch):
+  monkeypatch.setattr(compile_report, 'compile_and_report', None)  # any compile would fail
+  config = helpers.tiny_config('digits/ddpmpp_continuous.py', training=dict(batch_size=6))
+  with pytest.raises(ValueError, match=r'training.batch_size=6 is not divisible by the number '
+                                       r'of devices, 4'):
+    plan.plan(config, TOPOLOGY)
+  with pytest.raises(ValueError, match='not a TPU topology'):
+    plan.plan(config, 'v5e-3')
+
+
+# --- Real compiles for v5e:2x2.
+
+def test_train_step_and_sampler_compile_for_v5e_with_sane_numbers():
+  """The digits DDPM++ (tiny) train step and PC sampler compile for 4 v5e chips; their FLOPs
+  per image agree with XLA:CPU's count of the same programs on one CPU device (the step unrolls
+  its 2 optimizer steps there, and counts both)."""
+  config = helpers.tiny_config('digits/ddpmpp_continuous.py', training=_schedule(2))
+  train, sample = plan.plan(config, TOPOLOGY, ('train', 'sample'))
+  for report in (train, sample):
+    assert (report.topology, report.chips, report.device_kind) == (TOPOLOGY, 4, 'TPU v5 lite')
+    assert report.fits and report.hbm_bytes == 16 * GIB
+    assert 0 < report.per_chip_bytes < report.hbm_bytes and report.memory['argument'] > 0
+    assert report.flops_per_image > 0 and report.bytes_accessed > 0
+    assert 0 < report.step_time_bound_s < 1e-3
+  assert train.memory['alias'] > 0  # the donated state is updated in place
+  assert train.images == 2 and train.batch == 8  # per chip, one counted optimizer step
+  cpu_train, = plan.plan(config, 'cpu:1', ('train',), devices=jax.devices('cpu')[:1])
+  assert cpu_train.images == 16  # the batch of 8, twice: CPU unrolls the two steps
+  assert train.flops_per_image == pytest.approx(cpu_train.flops_per_image, rel=0.1)
+  assert cpu_train.fits is None and cpu_train.step_time_bound_s is None
+
+
+def test_a_program_that_cannot_fit_is_reported_with_its_bytes():
+  """A tiny network at a million images per step: ~82 GiB per v5e chip of 16."""
+  config = helpers.tiny_config('digits/ddpmpp_continuous.py',
+                               training=_schedule(1, batch_size=2 ** 20))
+  report, = plan.plan(config, TOPOLOGY, ('train',))
+  assert report.fits is False and report.memory == {}
+  assert report.per_chip_bytes > 2 * report.hbm_bytes
+  assert report.short_bytes == pytest.approx(report.per_chip_bytes - 15.75 * GIB, rel=1e-3)
+  assert f'short by {compile_report.format_bytes(report.short_bytes)}' in report.describe()
+
+
+def test_command_line_prints_one_json_object_per_program():
+  run = helpers.run_cli('plan', *helpers.tiny_flags('digits/ddpmpp_continuous.py'),
+                        f'--topology={TOPOLOGY}', '--programs=eval_loss', '--json')
+  assert run.returncode == 0, run.stderr[-3000:]
+  line, = [l for l in run.stdout.splitlines() if l.startswith('{')]
+  out = json.loads(line)
+  assert {'program', 'topology', 'chips', 'device_kind', 'per_chip_bytes', 'hbm_bytes', 'fits',
+          'flops_per_image', 'bytes_accessed', 'step_time_bound_s', 'compile_s'} <= set(out)
+  assert (out['program'], out['chips'], out['fits']) == ('eval_loss', 4, True)
