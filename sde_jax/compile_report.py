@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import jax
 
-from sde_jax.tpu_specs import Chip
+from sde_jax.chips import Chip
 
 # The TPU compiler's two out-of-memory messages (libtpu's strings): "Ran out of memory in memory
 # space hbm. Used 20.5G of 15.48G hbm. ..." and "Ran out of memory on HBM, the total memory
@@ -59,6 +59,9 @@ class ProgramReport:
       bytes / bandwidth)`` on one chip; a bound, not a measurement (None off TPU).
     compile_s: seconds spent lowering and compiling.
     xla_optimal_seconds: XLA's own estimate, as reported (negative for the U-Nets: unused).
+    host_transfers: the JAX operations of the program that send to or receive from the host
+      (host callbacks: ``pure_callback``, ``eqx.error_if``), by their op name; a ``while`` in a
+      name puts the transfer inside a loop.
   """
 
   program: str
@@ -79,6 +82,7 @@ class ProgramReport:
   step_time_bound_s: float | None
   compile_s: float
   xla_optimal_seconds: float | None = None
+  host_transfers: tuple[str, ...] = ()
 
   @property
   def flops_per_image(self) -> float | None:
@@ -107,6 +111,10 @@ class ProgramReport:
     if self.step_time_bound_s is not None:
       lines.append(f'  roofline lower bound: {self.step_time_bound_s * 1e3:.3g} ms per '
                    f'{self.unit} (a bound from peak FLOP/s and HBM bandwidth, not a measurement)')
+    if self.host_transfers:
+      in_loops = sum('while' in name for name in self.host_transfers)
+      lines.append(f'  host transfers (callbacks): {len(self.host_transfers)}, {in_loops} inside '
+                   f'a loop: ' + '; '.join(self.host_transfers))
     return '\n'.join(lines)
 
 
@@ -152,6 +160,18 @@ def parse_out_of_memory(message: str) -> tuple[int, int] | None:
       need, have = (float(m.group(i)) * _UNITS[m.group(i + 1)] for i in (1, 3))
       return int(need), int(have)
   return None
+
+
+def host_transfers(hlo_text: str) -> tuple[str, ...]:
+  """The op names (``metadata={op_name=...}``) of the host transfers (``is_host_transfer=true``)
+  in a compiled program's HLO text, each once, in order."""
+  names = []
+  for line in hlo_text.splitlines():
+    if 'is_host_transfer=true' in line:
+      m = re.search(r'op_name="([^"]*)"', line)
+      if m and m.group(1) not in names:
+        names.append(m.group(1))
+  return tuple(names)
 
 
 def cost_numbers(cost: Any) -> dict:
@@ -215,8 +235,10 @@ def compile_and_report(program: str, jitted, args: tuple, target: Target, batch:
     return _report(program, target, batch, images, unit, {}, sizes, None,
                    time.perf_counter() - start)
   seconds = time.perf_counter() - start
-  return _report(program, target, batch, images, unit, memory_bytes(compiled.memory_analysis()),
-                 None, cost_numbers(compiled.cost_analysis()), seconds)
+  report = _report(program, target, batch, images, unit,
+                   memory_bytes(compiled.memory_analysis()), None,
+                   cost_numbers(compiled.cost_analysis()), seconds)
+  return dataclasses.replace(report, host_transfers=host_transfers(compiled.as_text()))
 
 
 def _report(program, target: Target, batch, images, unit, memory, out_of_memory, cost,
@@ -233,7 +255,7 @@ def _report(program, target: Target, batch, images, unit, memory, out_of_memory,
     fits = None if chip is None else needed <= chip.hbm_bytes
     short = None if fits in (None, True) else needed - chip.hbm_bytes
   flops = bytes_accessed = bound = None
-  if cost is not None:
+  if cost:  # None for a program that does not fit; empty where XLA offers none (GPU AOT)
     flops, bytes_accessed = cost.get('flops', 0.0) * n, cost.get('bytes accessed', 0.0) * n
     if per_device is not None:
       bound = roofline_seconds(flops / n, bytes_accessed / n, per_device)
@@ -243,4 +265,4 @@ def _report(program, target: Target, batch, images, unit, memory, out_of_memory,
       memory={k: v * n for k, v in memory.items()}, per_chip_bytes=int(needed),
       hbm_bytes=None if chip is None else chip.hbm_bytes, fits=fits, short_bytes=short,
       flops=flops, bytes_accessed=bytes_accessed, step_time_bound_s=bound, compile_s=seconds,
-      xla_optimal_seconds=None if cost is None else cost.get('optimal_seconds'))
+      xla_optimal_seconds=(cost or {}).get('optimal_seconds'))

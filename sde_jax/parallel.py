@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils, topologies
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sde_jax import tpu_specs
+from sde_jax import chips
 
 BATCH_AXES = ('data', 'fsdp')
 # Arrays with fewer elements stay replicated under FSDP (``config.parallel.fsdp_min_size``).
@@ -91,45 +91,55 @@ _CLOUD_3D = {4: '2x2x1', 8: '2x2x2', 16: '2x2x4', 32: '2x4x4', 64: '4x4x4', 128:
 _CLOUD = {'v5litepod': ('v5e', _CLOUD_2D, 1), 'v5e': ('v5e', _CLOUD_2D, 1),
           'v6e': ('v6e', _CLOUD_2D, 1), 'v4': ('v4', _CLOUD_3D, 2), 'v5p': ('v5p', _CLOUD_3D, 2)}
 TOPOLOGY_FORMS = (
-    'GENERATION:SHAPE with GENERATION one of ' + ', '.join(tpu_specs.BY_NAME) + ' and SHAPE the '
-    'chips along each axis (v5e:2x2, v6e:4x8, v5p:2x2x1, v4:2x2x2), or a Cloud TPU accelerator '
-    'type of a standard shape (v5litepod-16, v6e-8, v5p-32, v4-8)')
+    'GENERATION:SHAPE with GENERATION one of ' + ', '.join(chips.BY_NAME) + ' and SHAPE the '
+    'chips along each axis (v5e:2x2, v6e:4x8, v5p:2x2x1, v4:2x2x2), a Cloud TPU accelerator '
+    'type of a standard shape (v5litepod-16, v6e-8, v5p-32, v4-8), or GPU:N / GPU:HOSTSxN for N '
+    'GPUs per host with GPU one of ' + ', '.join(chips.GPU_BY_NAME) + ' (h100:8, h200:2x8)')
 
 
 def topology_name(name: str) -> str:
-  """``name`` as libtpu names a topology (``'v5e:4x4'``); Cloud accelerator types translated.
+  """``name`` as the compilers name a topology: ``'v5e:4x4'`` (libtpu), ``'h100:1x8'`` (hosts x
+  GPUs per host); Cloud accelerator types translated.
 
   Raises:
     ValueError: naming ``name`` and the accepted forms (:data:`TOPOLOGY_FORMS`).
   """
-  m = re.fullmatch(r'(v[0-9][a-z]*):([0-9]+(?:x[0-9]+){1,2})', name.strip())
-  if m and m.group(1) in tpu_specs.BY_NAME:
-    return f'{m.group(1)}:{m.group(2)}'
-  m = re.fullmatch(r'(v[0-9][a-z]*)-([0-9]+)', name.strip())
+  name = name.strip()
+  m = re.fullmatch(r'(v[0-9][a-z]*):([0-9]+(?:x[0-9]+){1,2})', name)
+  if m and m.group(1) in chips.BY_NAME:
+    return name
+  m = re.fullmatch(r'([a-z][0-9]+):(?:([0-9]+)x)?([0-9]+)', name)
+  if m and m.group(1) in chips.GPU_BY_NAME and int(m.group(3)) > 0:
+    return f'{m.group(1)}:{int(m.group(2) or 1)}x{m.group(3)}'
+  m = re.fullmatch(r'(v[0-9][a-z]*)-([0-9]+)', name)
   if m and m.group(1) in _CLOUD:
     generation, shapes, per_chip = _CLOUD[m.group(1)]
     shape = shapes.get(int(m.group(2)) // per_chip)
     if shape is not None and int(m.group(2)) % per_chip == 0:
       return f'{generation}:{shape}'
-  raise ValueError(f'--topology={name!r} is not a TPU topology sde-jax knows; expected '
+  raise ValueError(f'--topology={name!r} is not a topology sde-jax knows; expected '
                    f'{TOPOLOGY_FORMS}.')
 
 
 def topology_devices(name: str) -> list:
-  """libtpu's compile-only devices of the TPU topology ``name``: programs can be compiled for
-  them on any host (nothing runs on them).
+  """The compile-only devices of the topology ``name``: programs can be compiled for them on any
+  host (nothing runs on them). TPU topologies come from libtpu; GPU ones from JAX's CUDA plugin,
+  told the GPU's properties (:func:`sde_jax.chips.gpu_target_config`).
 
   Args:
     name: a topology (:data:`TOPOLOGY_FORMS`).
 
   Returns:
-    The devices of every host of the slice, in libtpu's order.
+    The devices of every host, in the compiler's order.
 
   Raises:
-    ValueError: for a name that is not a topology, or one libtpu refuses (its reason given).
-    RuntimeError: if libtpu is not installed (the command that installs it given).
+    ValueError: for a name that is not a topology, or one the compiler refuses (its reason).
+    RuntimeError: if the compiler is not installed (the command that installs it given).
   """
   canonical = topology_name(name)
+  generation, shape = canonical.split(':')
+  if generation in chips.GPU_BY_NAME:
+    return _gpu_devices(name, chips.GPU_BY_NAME[generation], shape)
   if importlib.util.find_spec('libtpu') is None:
     raise RuntimeError(
         f'Compiling for --topology={name} needs libtpu (XLA\'s TPU compiler), which is not '
@@ -138,17 +148,29 @@ def topology_devices(name: str) -> list:
   # libtpu refuses a second process on the host (a lock in /tmp) unless told otherwise: compiling
   # claims no chip, so plans may run side by side, and beside a job that holds the chips.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-  shape = [int(n) for n in canonical.split(':')[1].split('x')]
+  dims = [int(n) for n in shape.split('x')]
   try:
     return list(topologies.get_topology_desc(topology_name=canonical, platform='tpu').devices)
   except jax.errors.JaxRuntimeError as e:
-    if 'chips_per_host_bounds' not in str(e) or np.prod(shape) > 4:
+    if 'chips_per_host_bounds' not in str(e) or np.prod(dims) > 4:
       raise ValueError(f'--topology={name!r}: libtpu refuses {canonical!r}: {e}. Expected '
                        f'{TOPOLOGY_FORMS}.') from None
   # A slice smaller than one host (v5e:1x1) is its own host.
   return list(topologies.get_topology_desc(
-      topology_name=canonical, platform='tpu',
-      chips_per_host_bounds=(shape + [1])[:3]).devices)
+      topology_name=canonical, platform='tpu', chips_per_host_bounds=(dims + [1])[:3]).devices)
+
+
+def _gpu_devices(name: str, chip, shape: str) -> list:
+  """JAX's CUDA plugin's compile-only devices of ``shape`` (hosts x GPUs per host) of ``chip``."""
+  if importlib.util.find_spec('jax_cuda12_plugin') is None:
+    raise RuntimeError(
+        f"Compiling for --topology={name} needs JAX's CUDA plugin (XLA's GPU compiler), which is "
+        f"not installed: pip install 'sde-jax[gpu-plan]' (or pip install "
+        f"'jax[cuda12-local]=={jax.__version__}': the plugin without the CUDA libraries).")
+  hosts, per_host = shape.split('x')
+  return list(topologies.get_topology_desc(
+      platform='cuda', topology=f'1x{hosts}x{per_host}',
+      target_config=chips.gpu_target_config(chip)).devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -11,8 +11,8 @@ import json
 import jax
 import pytest
 
-from sde_jax import compile_report, parallel, tpu_specs
-from sde_jax.tpu_specs import GIB
+from sde_jax import compile_report, parallel, chips
+from sde_jax.chips import GIB
 from sde_jax.jobs import plan
 from tests import helpers
 
@@ -42,15 +42,15 @@ def test_out_of_memory_messages_give_the_bytes():
 def test_memory_total_roofline_and_chip_shares():
   memory = {'argument': 100, 'output': 60, 'alias': 50, 'temp': 30, 'code': 7}
   assert compile_report.total_bytes(memory) == 100 + 60 - 50 + 30 + 7
-  chip = tpu_specs.BY_NAME['v5e']
+  chip = chips.BY_NAME['v5e']
   # Compute-bound: 1e12 FLOPs at 197 TFLOP/s beat 1 GB at 819 GB/s; memory-bound the other way.
   assert compile_report.roofline_seconds(1e12, 1e9, chip) == pytest.approx(1e12 / 197e12)
   assert compile_report.roofline_seconds(1e9, 1e12, chip) == pytest.approx(1e12 / 819e9)
-  half = tpu_specs.BY_NAME['v4'].per_device(2)  # libtpu's v4 devices are TensorCores
+  half = chips.BY_NAME['v4'].per_device(2)  # libtpu's v4 devices are TensorCores
   assert (half.hbm_bytes, half.peak_flops, half.hbm_bandwidth) == (16 * GIB, 137.5e12, 600e9)
-  assert tpu_specs.chip_of('TPU v5 lite') is chip
+  assert chips.chip_of('TPU v5 lite') is chip
   with pytest.raises(ValueError, match="'TPU v9'.*known"):
-    tpu_specs.chip_of('TPU v9')
+    chips.chip_of('TPU v9')
   assert compile_report.format_bytes(2.39 * GIB) == '2.39 GiB'
 
 
@@ -60,17 +60,21 @@ def test_topology_names_and_their_errors():
   assert name('v5litepod-16') == 'v5e:4x4'
   assert name('v5p-8') == 'v5p:2x2x1'  # v5p counts TensorCores: 8 of them are 4 chips
   assert name('v6e-8') == 'v6e:2x4'
-  for bad in ('tpu', 'v7:2x2', 'v5e-3', 'v5e:2', 'cuda:h100'):
-    with pytest.raises(ValueError, match=r'not a TPU topology.*v5e:2x2.*v5litepod-16'):
+  assert name('h100:8') == 'h100:1x8' and name('h200:2x8') == 'h200:2x8'  # hosts x GPUs
+  for bad in ('tpu', 'v7:2x2', 'v5e-3', 'v5e:2', 'cuda:h100', 'h100:0', 'a100:8'):
+    with pytest.raises(ValueError, match=r'not a topology sde-jax knows.*v5e:2x2.*v5litepod-16'
+                                         r'.*h100:8'):
       name(bad)
 
 
-def test_missing_libtpu_names_the_install_command(monkeypatch):
+def test_a_missing_compiler_names_the_install_command(monkeypatch):
   real = parallel.importlib.util.find_spec
-  monkeypatch.setattr(parallel.importlib.util, 'find_spec',
-                      lambda n, *a: None if n == 'libtpu' else real(n, *a))
-  with pytest.raises(RuntimeError, match=r"pip install 'sde-jax\[tpu\]'"):
+  monkeypatch.setattr(parallel.importlib.util, 'find_spec', lambda n, *a: None if n in (
+      'libtpu', 'jax_cuda12_plugin') else real(n, *a))
+  with pytest.raises(RuntimeError, match=r"needs libtpu.*pip install 'sde-jax\[tpu\]'"):
     parallel.topology_devices(TOPOLOGY)
+  with pytest.raises(RuntimeError, match=r"CUDA plugin.*pip install 'sde-jax\[gpu-plan\]'"):
+    parallel.topology_devices('h100:8')
 
 
 def test_a_batch_the_mesh_cannot_split_fails_before_compiling(monkeypatch):
@@ -79,7 +83,7 @@ def test_a_batch_the_mesh_cannot_split_fails_before_compiling(monkeypatch):
   with pytest.raises(ValueError, match=r'training.batch_size=6 is not divisible by the number '
                                        r'of devices, 4'):
     plan.plan(config, TOPOLOGY)
-  with pytest.raises(ValueError, match='not a TPU topology'):
+  with pytest.raises(ValueError, match='not a topology sde-jax knows'):
     plan.plan(config, 'v5e-3')
 
 

@@ -17,8 +17,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from absl import logging
+from flax import traverse_util
 
-from sde_jax import compile_report, parallel, tpu_specs
+from sde_jax import compile_report, parallel, chips
 from sde_jax.data import global_batches
 from sde_jax.evaluate import inception_net
 from sde_jax.evaluate.programs import EvalPrograms
@@ -38,22 +39,24 @@ DEFAULT_PROGRAMS = PROGRAMS[:3]
 BATCH_FIELDS = {'train': 'training.batch_size', 'eval_loss': 'training.batch_size',
                 'sample': 'eval.batch_size', 'bpd': 'eval.batch_size',
                 'fid_features': 'eval.batch_size'}
-LOOP_UNIT = 'sampler step (XLA counts a loop body once)'
+LOOP_UNIT = 'sampler step'  # XLA counts a loop body once: one pass of the sampler's loop
 
 
 def target(topology: str, devices=None) -> compile_report.Target:
-  """The devices to compile for: ``topology``'s compile-only TPU devices, or ``devices`` (any
-  platform, e.g. CPU devices to compare XLA:CPU's counts with) named ``topology``.
+  """The devices to compile for: ``topology``'s compile-only TPU or GPU devices, or
+  ``devices`` (any platform, e.g. CPU devices to compare XLA:CPU's counts with) named
+  ``topology``.
 
   Raises:
     ValueError: for an unknown topology, naming the accepted forms.
-    RuntimeError: if libtpu is missing, with the command that installs it.
+    RuntimeError: if its compiler (libtpu, JAX's CUDA plugin) is missing, with the command that
+      installs it.
   """
   if devices is None:
     _cpu_default_backend()
     devices = parallel.topology_devices(topology)
-  kind = devices[0].device_kind
-  chip = tpu_specs.chip_of(kind) if devices[0].platform == 'tpu' else None
+  # None for CPU devices: no HBM to fit in, no peak to bound by.
+  chip = chips.BY_DEVICE_KIND.get(devices[0].device_kind)
   return compile_report.Target(topology, tuple(devices), chip)
 
 
@@ -161,12 +164,12 @@ def _bpd(config, score_model, mesh, batch):
                               sharding=parallel.batch_sharding(mesh))
   first = jax.ShapeDtypeStruct((), jnp.uint32, sharding=parallel.replicated(mesh))
   return (programs.likelihood.jitted, (key, score_model.score_fn, params, data, None, first),
-          batch / mesh.size, 'ODE solver step (XLA counts a loop body once)')
+          batch / mesh.size, 'ODE solver step')
 
 
 def _fid_features(config, score_model, mesh, batch):
   model, apply_fn = inception_net.inception_network(EvalSettings.from_config(config, check=False))
-  abstract = jax.eval_shape(lambda key: inception.init_params(key, model), jax.random.key(0))
+  abstract = traverse_util.unflatten_dict(inception.param_shapes(model))  # as load_params nests
   params = parallel.with_shardings(
       abstract, jax.tree_util.tree_map(lambda _: parallel.replicated(mesh), abstract))
   images = jax.ShapeDtypeStruct((batch, *score_model.image_shape), jnp.uint8,
@@ -195,7 +198,8 @@ def max_batch(config, topology: str, program: str = 'train', devices=None,
   """
   where = target(topology, devices)
   if where.chip is None:
-    raise ValueError(f'--max_batch needs a TPU topology; {topology!r} has no HBM to fit in.')
+    raise ValueError(f'--max_batch needs a TPU or GPU topology; {topology!r} has no memory '
+                     'size to fit in.')
   step = parallel.make_mesh(config.parallel.fsdp, where.devices).size
   tried = []
 
