@@ -57,8 +57,9 @@ def main() -> int:
   args = parser.parse_args()
   print('| program | compiles | memory per chip | GFLOP per image (unit) | host transfers '
         '(in a loop) | compile s |\n|---|---|---:|---|---|---:|')
-  failed, start = 0, time.perf_counter()
+  failed, total, start = 0, 0, time.perf_counter()
   for label, config, program in programs(args.config, args.full, args.fsdp):
+    total += 1
     try:
       r, = plan.plan(config, args.topology, (program,))
     except Exception as e:  # pylint: disable=broad-except  (reported, then the next program)
@@ -73,7 +74,8 @@ def main() -> int:
           f'| {r.flops_per_image / 1e9:.3g} ({r.unit}) | {len(r.host_transfers)} ({loops}) '
           f'| {r.compile_s:.1f} |', flush=True)
   print(f'\n{args.config} ({"full size" if args.full else "runlocal"}), {args.topology}, '
-        f'fsdp={args.fsdp}: {failed} failed; {time.perf_counter() - start:.0f} s in all.')
+        f'fsdp={args.fsdp}: {time.perf_counter() - start:.0f} s in all.')
+  print(f'plan_programs: {total - failed} passed, {failed} failed')
   return int(failed > 0)
 
 

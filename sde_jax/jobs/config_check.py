@@ -21,10 +21,11 @@ What is checked, by command (docs/training.md has the list for users):
   ``sqrt(1 - beta_i)`` (reverse diffusion, ancestral sampling, the Langevin correctors, the ODE
   sampler's denoising step, discrete VP training), naming who needs it;
 * the sampler, where the job samples (sample, eval with sampling, train with snapshots,
-  inpaint / colorize / class): ``sampling.method`` and the method's options (``eps``, the PC
+  inpaint / colorize / class, plan): ``sampling.method`` and the method's options (``eps``, the PC
   predictor and corrector with ``snr`` and ``n_steps_each``, ODE tolerances, DPM-Solver++
   order / schedule / NFE, Heun's NFE and ``rho`` / ``churn``, the adaptive solver's tolerances);
-* batch sizes (positive; divisible by the devices and processes when the job's mesh is given),
+* batch sizes (positive; divisible by the devices and processes when the job's mesh is given,
+  as ``sde-jax plan``'s topology gives one),
   training periods (positive multiples of ``n_jitted_steps``, ``n_iters >= n_jitted_steps``,
   ``keep_last >= 1``), for the score model and the classifier;
 * eval options (:class:`sde_jax.evaluate.settings.EvalSettings`) and the files the config
