@@ -87,6 +87,15 @@ def test_a_batch_the_mesh_cannot_split_fails_before_compiling(monkeypatch):
     plan.plan(config, 'v5e-3')
 
 
+def test_max_batch_search_finds_the_largest_multiple_that_fits():
+  for largest, start in ((20, 8), (20, 64), (4, 4), (1000, 8)):
+    tried = []
+    found = plan.search_batch(lambda b: tried.append(b) or b <= largest, start, 4, 1000)
+    assert found == largest // 4 * 4 and all(b % 4 == 0 for b in tried)
+    assert len(tried) <= 2 * 8  # doublings, then bisection
+  assert plan.search_batch(lambda b: False, 8, 4, 1000) is None
+
+
 # --- Real compiles for v5e:2x2.
 
 def test_train_step_and_sampler_compile_for_v5e_with_sane_numbers():

@@ -213,23 +213,32 @@ def max_batch(config, topology: str, program: str = 'train', devices=None,
 
   start = max(step, default_batch(config, program, parallel.make_mesh(
       config.parallel.fsdp, where.devices)) // step * step)
+  return search_batch(fits, start, step, limit), tried
+
+
+def search_batch(fits: Callable[[int], bool], start: int, step: int, limit: int) -> int | None:
+  """The largest multiple of ``step`` up to ``limit`` for which ``fits`` holds (None if not
+  even ``step`` fits), assuming every smaller batch fits when one does: from ``start``,
+  doubling while it fits (halving until it does), then bisecting."""
   good, bad = _bracket(fits, start, step, limit)
   while good is not None and bad is not None and bad - good > step:
     middle = (good + bad) // (2 * step) * step
     good, bad = (middle, bad) if fits(middle) else (good, middle)
-  return good, tried
+  return good
 
 
 def _bracket(fits: Callable[[int], bool], start: int, step: int, limit: int):
-  """``(good, bad)``: a batch that fits and one above it that does not (``bad`` None past
-  ``limit``; ``good`` None when ``step`` itself does not fit)."""
+  """``(good, bad)``: a batch that fits and one above it that does not (``bad`` None when
+  ``limit`` fits; ``good`` None when ``step`` itself does not fit)."""
   if fits(start):
     good = start
-    while 2 * good <= limit:
-      if not fits(2 * good):
-        return good, 2 * good
-      good *= 2
-    return good, None
+    while True:
+      larger = min(2 * good, limit // step * step)
+      if larger <= good:
+        return good, None
+      if not fits(larger):
+        return good, larger
+      good = larger
   bad = start
   while bad > step:
     smaller = max(step, bad // (2 * step) * step)
