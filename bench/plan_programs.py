@@ -4,8 +4,9 @@ The train step, the eval-loss step, the sampler of each method (PC, ODE, DPM-Sol
 adaptive SDE, Predict-Project), the bits/dim likelihood and the FID Inception's features, each
 compiled for ``--topology`` with a config shrunk by configs/_runlocal.py (seconds each), and
 one line per program: fit, FLOPs per image, the host transfers (callbacks) the program holds and
-whether one sits inside a loop. Exits 1 if a program fails to compile or does not fit, so that
-.ci/run can run it after the test suite (about a minute on 2 cores).
+whether one sits inside a loop. Exits 1 if a program fails to compile, does not fit, or holds a
+host transfer inside a loop, so that .ci/run can run it after the test suite (about a minute on
+2 cores).
 
   python bench/plan_programs.py [--topology v5e:2x2] [--config digits/ddpmpp_continuous.py]
       [--fsdp 1] [--full]
@@ -67,8 +68,8 @@ def main() -> int:
       print(f'| {label} | **no**: {type(e).__name__}: {str(e)[:300]} | | | | |')
       traceback.print_exc(file=sys.stderr)
       continue
-    failed += not r.fits
     loops = sum('while' in n for n in r.host_transfers)
+    failed += not r.fits or loops > 0  # a callback in a loop stalls every step on a TPU
     print(f'| {label} | yes | {compile_report.format_bytes(r.per_chip_bytes)} '
           f'({"fits" if r.fits else "short by " + compile_report.format_bytes(r.short_bytes)}) '
           f'| {r.flops_per_image / 1e9:.3g} ({r.unit}) | {len(r.host_transfers)} ({loops}) '

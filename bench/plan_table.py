@@ -42,7 +42,9 @@ LARGE = {'celebahq256': 've/celebahq_256_ncsnpp_continuous.py',
 
 def _rows() -> dict:
   """``{name: (config file, overrides {dotted field: value}, topology)}``."""
-  rows = {'digits': ('digits/ddpmpp_continuous.py', {}, SLICE)}
+  rows = {'digits': ('digits/ddpmpp_continuous.py', {}, SLICE),
+          # FSDP over the 4 chips: XLA's resharding / rematerialisation warnings show here.
+          'digits_fsdp4': ('digits/ddpmpp_continuous.py', {'parallel.fsdp': 4}, SLICE)}
   rows.update({f'cifar10_{k}': (v, {}, SLICE) for k, v in CIFAR.items()})
   for name, path in LARGE.items():
     for dtype in ('float32', 'bfloat16'):
@@ -56,7 +58,8 @@ def _rows() -> dict:
 ROWS = _rows()
 FIELDS = ('row', 'config', 'overrides', 'topology', 'program', 'batch', 'per_chip_batch',
           'per_chip_gib', 'hbm_gib', 'fits', 'short_gib', 'gflop_per_image', 'bytes_per_chip_gib',
-          'step_time_bound_ms', 'compile_s', 'host_transfers', 'finished')
+          'step_time_bound_ms', 'xla_optimal_seconds', 'compile_s', 'host_transfers',
+          'finished')
 
 
 def _config(path: str, overrides: dict):
@@ -81,6 +84,7 @@ def _csv_row(row: str, path: str, overrides: dict, r) -> dict:
           'bytes_per_chip_gib': gib(r.bytes_accessed),
           'step_time_bound_ms': None if r.step_time_bound_s is None
           else round(r.step_time_bound_s * 1e3, 3),
+          'xla_optimal_seconds': r.xla_optimal_seconds,
           'compile_s': round(r.compile_s, 1), 'host_transfers': len(r.host_transfers),
           'finished': time.strftime('%Y-%m-%d %H:%M')}
 

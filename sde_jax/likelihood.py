@@ -140,7 +140,8 @@ def get_likelihood_fn(sde: SDE, inverse_scaler: Callable, hutchinson_type: str =
 
   Returns:
     ``likelihood_fn(key, score_fn, params, data, epsilon=None, first_index=0)`` ->
-    ``(bpd, z, nfe)``, jitted with ``score_fn`` static. ``data`` (B, ...) is in model space
+    ``(bpd, z, nfe)``, jitted with ``score_fn`` static (the jitted program, before its report is
+    raised on the host, is ``likelihood_fn.jitted``). ``data`` (B, ...) is in model space
     (dequantized). The probe of example i is drawn once per call from
     ``fold_in(key, first_index + i)`` and held fixed over the solve; a given ``epsilon`` (shape of
     ``data``) is used instead. ``bpd`` has shape (B,), ``z = x(T)`` the shape of ``data``, and

@@ -7,6 +7,7 @@ suite.
 """
 
 import json
+import types
 
 import jax
 import pytest
@@ -52,6 +53,55 @@ def test_memory_total_roofline_and_chip_shares():
   with pytest.raises(ValueError, match="'TPU v9'.*known"):
     chips.chip_of('TPU v9')
   assert compile_report.format_bytes(2.39 * GIB) == '2.39 GiB'
+
+
+class _Compiled:
+  """What compile_and_report reads of a compiled program, with set numbers."""
+
+  def __init__(self, memory, cost):
+    self.memory, self.cost = memory, cost
+
+  def lower(self, *args):
+    return self
+
+  def compile(self):
+    return self
+
+  def memory_analysis(self):
+    return types.SimpleNamespace(**{f'{k}_size_in_bytes': v for k, v in self.memory.items()},
+                                 generated_code_size_in_bytes=0)
+
+  def cost_analysis(self):
+    return self.cost
+
+  def as_text(self):
+    return ('%s = token[] send-done(%t), is_host_transfer=true, metadata={op_name='
+            '"jit(f)/while/body/pure_callback"}')
+
+
+def test_reports_scale_devices_to_chips_and_bound_by_the_slower_roof():
+  memory = {'argument': 3 * GIB, 'output': GIB, 'alias': GIB, 'temp': 4 * GIB}
+  cost = {'flops': 1e12, 'bytes accessed': 1e9}
+  # libtpu's v4 devices are TensorCores, two per chip (same coords): a chip holds both.
+  cores = [types.SimpleNamespace(id=i, coords=(i // 2, 0, 0), device_kind='TPU v4')
+           for i in range(8)]
+  target = compile_report.Target('v4:2x2x1', tuple(cores), chips.BY_NAME['v4'])
+  r = compile_report.compile_and_report('train', _Compiled(memory, cost), (), target, 16, 2.0,
+                                        'optimizer step')
+  assert (r.chips, r.devices_per_chip, r.images) == (4, 2, 4.0)
+  assert r.per_chip_bytes == 2 * 7 * GIB and r.fits and r.hbm_bytes == 32 * GIB
+  assert r.flops_per_image == pytest.approx(1e12 / 2)
+  assert r.step_time_bound_s == pytest.approx(1e12 / 137.5e12)  # compute-bound, per core
+  assert r.host_transfers == ('jit(f)/while/body/pure_callback',)
+  assert 'inside a loop' in r.describe() and '1 inside' in r.describe()
+  # XLA's GPU executables compiled without a GPU offer memory but no cost analysis.
+  gpu = [types.SimpleNamespace(id=i, device_kind='NVIDIA H100 80GB HBM3') for i in range(8)]
+  target = compile_report.Target('h100:1x8', tuple(gpu), chips.GPU_BY_NAME['h100'])
+  big = dict(memory, temp=80 * GIB)
+  r = compile_report.compile_and_report('train', _Compiled(big, None), (), target, 8, 1.0, 'step')
+  assert (r.chips, r.flops, r.step_time_bound_s) == (8, None, None)
+  assert not r.fits and r.short_bytes == 83 * GIB - chips.GPU_BY_NAME['h100'].hbm_bytes
+  assert json.loads(json.dumps(r.to_json()))['flops_per_image'] is None
 
 
 def test_topology_names_and_their_errors():

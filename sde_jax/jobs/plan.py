@@ -1,6 +1,7 @@
-"""``sde-jax plan``: the jobs' programs compiled ahead of time for a TPU topology, on any host.
+"""``sde-jax plan``: the jobs' programs compiled ahead of time for a TPU (or GPU) topology, on
+any host.
 
-libtpu's compile-only devices of the topology (:func:`sde_jax.parallel.topology_devices`) make
+The compile-only devices of the topology (:func:`sde_jax.parallel.topology_devices`) make
 the job's ``(data, fsdp)`` mesh; each program is built by the code the jobs run (the trainer and
 its compiled step, the eval-loss step, the sharded sampler, the bits/dim likelihood, the FID
 Inception) from abstract arguments (``jax.eval_shape``: nothing is initialised, read or run), and
@@ -74,7 +75,7 @@ def plan(config, topology: str, programs=DEFAULT_PROGRAMS, devices=None,
 
   Args:
     config: the job's config (its ``parallel.fsdp`` splits the mesh, its batch sizes are used).
-    topology: a TPU topology (:data:`sde_jax.parallel.TOPOLOGY_FORMS`).
+    topology: a TPU or GPU topology (:data:`sde_jax.parallel.TOPOLOGY_FORMS`).
     programs: names from :data:`PROGRAMS`.
     devices: compile for these devices instead of the topology's (a CPU comparison).
     batches: global batches by program, instead of the config's (``--max_batch``).
@@ -85,7 +86,7 @@ def plan(config, topology: str, programs=DEFAULT_PROGRAMS, devices=None,
   Raises:
     ValueError: for an unknown program or topology, or a bad config (every bad field named,
       a batch the mesh cannot split among them), before anything is compiled.
-    RuntimeError: if libtpu is missing.
+    RuntimeError: if the topology's compiler (libtpu, JAX's CUDA plugin) is missing.
   """
   unknown = sorted(set(programs) - set(PROGRAMS))
   if unknown:
@@ -103,7 +104,9 @@ def plan(config, topology: str, programs=DEFAULT_PROGRAMS, devices=None,
     logging.info('plan: compiling %s for %s (global batch %d)...', name, topology, batch)
     reports.append(compile_report.compile_and_report(name, jitted, args, where, batch, images,
                                                      unit))
-    logging.info('%s', reports[-1].describe())
+    logging.info('plan: %s compiled in %.1f s: %s per chip, %s', name, reports[-1].compile_s,
+                 compile_report.format_bytes(reports[-1].per_chip_bytes),
+                 'fits' if reports[-1].fits else 'does not fit')
   return reports
 
 
