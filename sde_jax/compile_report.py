@@ -59,6 +59,8 @@ class ProgramReport:
       bytes / bandwidth)`` on one chip; a bound, not a measurement (None off TPU).
     compile_s: seconds spent lowering and compiling.
     xla_optimal_seconds: XLA's own estimate, as reported (negative for the U-Nets: unused).
+    usable_bytes: for a program that does not fit, what the TPU compiler leaves to programs on
+      a chip (15.75 GiB of a v5e's 16), from its message.
     host_transfers: the JAX operations of the program that send to or receive from the host
       (host callbacks: ``pure_callback``, ``eqx.error_if``), by their op name; a ``while`` in a
       name puts the transfer inside a loop.
@@ -82,6 +84,7 @@ class ProgramReport:
   step_time_bound_s: float | None
   compile_s: float
   xla_optimal_seconds: float | None = None
+  usable_bytes: int | None = None
   host_transfers: tuple[str, ...] = ()
 
   @property
@@ -102,6 +105,8 @@ class ProgramReport:
     parts = ', '.join(f'{k} {format_bytes(v)}' for k, v in self.memory.items() if v)
     verdict = ('fits' if self.fits else f'short by {format_bytes(self.short_bytes)}'
                if self.fits is not None else 'no HBM to compare with')
+    if self.usable_bytes:
+      verdict += f' (the compiler leaves {format_bytes(self.usable_bytes)} of it to programs)'
     of = f' of {format_bytes(self.hbm_bytes)} HBM' if self.hbm_bytes else ''
     lines.append(f'  memory per chip: {format_bytes(self.per_chip_bytes)}{of}: {verdict}'
                  + (f' ({parts})' if parts else ''))
@@ -265,4 +270,5 @@ def _report(program, target: Target, batch, images, unit, memory, out_of_memory,
       memory={k: v * n for k, v in memory.items()}, per_chip_bytes=int(needed),
       hbm_bytes=None if chip is None else chip.hbm_bytes, fits=fits, short_bytes=short,
       flops=flops, bytes_accessed=bytes_accessed, step_time_bound_s=bound, compile_s=seconds,
-      xla_optimal_seconds=(cost or {}).get('optimal_seconds'))
+      xla_optimal_seconds=(cost or {}).get('optimal_seconds'),
+      usable_bytes=None if out_of_memory is None else int(out_of_memory[1] * n))
