@@ -44,8 +44,9 @@ def compilation_cache(tmp_path_factory):
 LONGEST_FIRST = ('test_train', 'test_precision', 'test_sampling', 'test_reference',
                  'test_controllable', 'test_multihost', 'test_predict_project',
                  'test_fast_samplers', 'test_evaluate', 'test_gcs', 'test_likelihood',
-                 'test_folder_data', 'test_plan', 'test_classifier', 'test_toy', 'test_models_ddpm_ncsnv2',
-                 'test_checkpoints', 'test_losses', 'test_sde', 'test_data')
+                 'test_folder_data', 'test_plan', 'test_classifier', 'test_toy',
+                 'test_models_ddpm_ncsnv2', 'test_checkpoints', 'test_losses', 'test_sde',
+                 'test_data')
 
 
 def pytest_collection_modifyitems(items):
