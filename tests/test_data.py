@@ -96,8 +96,9 @@ def test_tfds_pipeline_shapes_and_ranges(case):
 def test_cifar10_eval_is_the_test_split_in_order_unchanged():
   """At 32 px the original's antialiased resize is the identity: eval = test images / 255."""
   config = _image_config(default_cifar10_configs)
-  with tfds.testing.mock_data(num_examples=NUM_MOCK):
-    raw = list(tfds.load('cifar10', split='test').as_numpy_iterator())
+  with tfds.testing.mock_data(num_examples=NUM_MOCK):  # the mock's examples are per index
+    source = tfds.data_source('cifar10', split='test')
+    raw = [source[i] for i in range(len(source))]
   evals = _batches(config, 'eval')
   np.testing.assert_allclose(_real(evals), np.stack([r['image'] for r in raw]) / 255, atol=1e-6)
   np.testing.assert_array_equal(np.concatenate([b['label'][b['mask']] for b in evals]),
@@ -129,20 +130,24 @@ def test_uniform_dequantization():
   _assert_same(noisy, _batches(config, 'eval'))
 
 
-def test_tfds_reads_this_process_shard_only():
-  """Mock data ignores the split, so check what is asked for: split_for_jax_process's slice."""
-  with tfds.testing.mock_data(num_examples=NUM_MOCK):
-    mock_reader = tfds.core.dataset_builder.FileReaderBuilder._as_dataset
-  asked = []
-
-  def recording_reader(builder, split, **kwargs):
-    asked.append(split)
-    return mock_reader(builder, split, **kwargs)
-
-  with tfds.testing.mock_data(num_examples=NUM_MOCK, as_dataset_fn=recording_reader):
-    next(data.get_dataset(_image_config(default_cifar10_configs), 'train', batch_size=2,
-                          process_index=1, process_count=2))
-  assert tfds.split_for_jax_process('train', process_index=1, process_count=2) in asked
+def test_tfds_reads_this_process_rows_only(monkeypatch):
+  """Process 1 of 2 reads rows [2, 4) of each global batch of 4 from the data source, never
+  process 0's (Grain reads ahead: those of the next steps too); within one epoch of 1000."""
+  from sde_jax.data import random_access  # pylint: disable=g-import-not-at-top
+  read, getitem = [], random_access.Examples.__getitem__
+  config = _image_config(default_cifar10_configs)
+  with tfds.testing.mock_data(num_examples=1000):
+    monkeypatch.setattr(random_access.Examples, '__getitem__',
+                        lambda self, i: read.append(int(i)) or getitem(self, i))
+    first = next(data.get_dataset(config, 'train', batch_size=2, process_index=1,
+                                  process_count=2))
+    monkeypatch.setattr(random_access.Examples, '__getitem__', getitem)
+    whole = _take(data.get_dataset(config, 'train', batch_size=4, process_index=0,
+                                   process_count=1), 200)
+  own = {int(i) for b in whole for i in b['index'][2:]}
+  others = {int(i) for b in whole for i in b['index'][:2]}
+  assert list(first['index']) == list(whole[0]['index'][2:])
+  assert set(first['index']) <= set(read) <= own and not set(read) & others
 
 
 def test_celeba_crop_window():

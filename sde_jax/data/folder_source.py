@@ -15,10 +15,10 @@ and adding images moves few files across), or, when neither is set, the training
 themselves (as the original does for FFHQ and CelebA-HQ). With ``data.labels_from_folders``, the
 first-level folder names, sorted, are the classes 0, 1, ...
 
-A split's files, in sorted order, are dealt to the processes round-robin (process ``i`` of ``n``
-reads files ``i, i + n, ...``); a train epoch permutes this process's files with its seed before
-tf.data's shuffle buffer, so a stream is a function of (seed, process, epoch, position) as the
-other sets' are. Reading and decoding run in tf.data's parallel map.
+A split's files, in sorted order, are the examples of the elastic pipeline
+(:mod:`sde_jax.data.random_access`, :mod:`sde_jax.data.elastic`): each process reads only the
+files of its rows of each global batch, decoded and resized by TensorFlow (:func:`decoder`) on
+Grain's read threads.
 """
 
 from __future__ import annotations
@@ -27,17 +27,13 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
-import math
 from typing import Any
 
-import numpy as np
 from absl import logging
 from etils import epath
 
 from sde_jax import workdir as workdir_lib
-from sde_jax.data.source import Source
-from sde_jax.data.spec import PipelineSpec
-from sde_jax.data.tf_runtime import load_tensorflow, without_autograph
+from sde_jax.data.tf_runtime import load_tensorflow
 
 # PIL's format names of the images read (tf.io.decode_image decodes all three).
 FORMATS = ('PNG', 'JPEG', 'WEBP')
@@ -283,10 +279,9 @@ def _class_names(scan: FolderScan) -> tuple[str, ...]:
   return tuple(sorted({_class_of(f, 'data.path') for f in scan.images}))
 
 
-def folder_source(data, spec: PipelineSpec) -> Source:
-  """The images of ``data.path`` as a :class:`~sde_jax.data.source.Source` (see the module)."""
+def check_decodable(data, splits: FolderSplits) -> None:
+  """Raises ValueError for WebP images where TensorFlow has no WebP decoder."""
   tf = load_tensorflow()
-  splits = folder_splits(data)
   if 'WEBP' in splits.formats and not hasattr(tf.io, 'decode_webp'):
     raise ValueError(f'data.path={data.path!r} holds WebP images, which TensorFlow '
                      f'{tf.__version__} cannot decode; install a TensorFlow that has '
@@ -294,43 +289,20 @@ def folder_source(data, spec: PipelineSpec) -> Source:
   if splits.eval_is_train:
     logging.info('data.path=%s: no data.eval_path or data.eval_fraction, so eval reads the '
                  '%d training images.', data.path, len(splits.train))
-  files = {'train': (splits.train, splits.train_labels), 'eval': (splits.eval, splits.eval_labels)}
-
-  def shard(split):
-    paths, labels = files[split]
-    return (paths[spec.process_index::spec.process_count],
-            labels[spec.process_index::spec.process_count])
-
-  def read(split, file_seed):
-    paths, labels = shard(split)
-    order = np.arange(len(paths))
-    if file_seed is not None:
-      order = np.random.default_rng(file_seed).permutation(len(paths))
-    return tf.data.Dataset.from_tensor_slices({
-        'image': tf.constant([paths[i] for i in order], tf.string),
-        'label': tf.constant([labels[i] for i in order], tf.int32)})
-
-  def sizes(split):
-    total = len(files[split][0])
-    return len(shard(split)[0]), math.ceil(total / spec.process_count)
-
-  return Source(read, _decoder(str(data.path), splits.channels), sizes, 'train', 'eval')
 
 
-def _decoder(root: str, channels: int):
-  """path -> uint8 (H, W, channels): TensorFlow reads local files itself; files in a bucket are
-  read through etils (the same client the workdirs use)."""
+def read_file(path: str) -> bytes:
+  """The bytes of an image file, local or in a bucket (through etils, the workdirs' client)."""
+  return workdir_lib.path(path).read_bytes()
+
+
+def decoder(channels: int):
+  """Encoded PNG / JPEG / WebP bytes -> uint8 (H, W, channels), decoded by TensorFlow."""
   tf = load_tensorflow()
-  if workdir_lib.is_remote(root):
-    def read_bytes(path):
-      return tf.numpy_function(lambda p: workdir_lib.path(p.decode()).read_bytes(), [path],
-                               tf.string, stateful=False)
-  else:
-    read_bytes = tf.io.read_file
 
-  def decode(path: Any):
-    image = tf.io.decode_image(read_bytes(path), channels=channels, dtype=tf.uint8,
+  def decode(encoded: Any):
+    image = tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8,
                                expand_animations=False)
     return tf.ensure_shape(image, (None, None, channels))
 
-  return without_autograph(decode)
+  return decode

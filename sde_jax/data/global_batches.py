@@ -19,8 +19,9 @@ def stacked_batches(config, per_process: int, n_steps: int, start_step: int, mes
   """Global arrays ``{key: (n_steps, B, ...)}`` of ``n_steps`` training batches from
   ``start_step`` (images in [0, 1]), for one compiled call of a trainer.
 
-  Each process reads its own part of each batch; batch ``s`` is the same whether the job started
-  at 0 or resumed at ``s``.
+  Each process reads only the rows of each global batch that its devices hold (for the elastic
+  data sets, global batch ``s`` is the same at any layout); batch ``s`` is the same whether the
+  job started at 0 or resumed at ``s``.
 
   Args:
     config: the job's config (``data.*``; ``seed`` seeds the stream).
@@ -33,9 +34,10 @@ def stacked_batches(config, per_process: int, n_steps: int, start_step: int, mes
   Returns:
     The stacked global batches, forever.
   """
-  it = pipeline.get_dataset(config, 'train', batch_size=per_process, seed=config.seed,
-                            start_step=start_step)
   sharding = parallel.steps_sharding(mesh)
+  rows = sharded_rows(sharding, (n_steps, per_process * jax.process_count()), axis=1)
+  it = pipeline.get_dataset(config, 'train', batch_size=per_process, seed=config.seed,
+                            start_step=start_step, rows=rows)
   while True:
     parts = [next(it) for _ in range(n_steps)]
     yield {k: jax.make_array_from_process_local_data(sharding, np.stack([p[k] for p in parts]))
@@ -129,7 +131,8 @@ class Prefetch:
 
 def eval_batches(config, per_process: int, mesh) -> Iterator[dict]:
   """Global batches ``{'image', 'mask'}`` of the eval split (mask: real, not padding examples);
-  starts over when the split ends.
+  starts over when the split ends. For the elastic data sets, global batch ``j`` is the same
+  examples at any layout (:func:`sde_jax.data.get_dataset`).
 
   Args:
     config: the job's config (``data.*``; ``seed`` seeds the dequantization noise).
@@ -139,6 +142,17 @@ def eval_batches(config, per_process: int, mesh) -> Iterator[dict]:
   Returns:
     The global batches, forever.
   """
+  rows = sharded_rows(parallel.batch_sharding(mesh), (per_process * jax.process_count(),), 0)
   while True:
-    for batch in pipeline.get_dataset(config, 'eval', batch_size=per_process, seed=config.seed):
+    for batch in pipeline.get_dataset(config, 'eval', batch_size=per_process, seed=config.seed,
+                                      rows=rows):
       yield parallel.host_local_to_global({'image': batch['image'], 'mask': batch['mask']}, mesh)
+
+
+def sharded_rows(sharding, shape: tuple[int, ...], axis: int, devices=None) -> list[int]:
+  """The indices along ``axis`` of a global array of ``shape`` that ``devices`` (default: this
+  process's) hold, sorted: the rows of each global batch this process loads."""
+  indices = sharding.devices_indices_map(shape)
+  devices = sharding.addressable_devices if devices is None else set(devices)
+  held = [index for device, index in indices.items() if device in devices]
+  return sorted({r for index in held for r in range(*index[axis].indices(shape[axis]))})

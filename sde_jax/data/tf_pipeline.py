@@ -9,8 +9,7 @@ from typing import Iterator
 from sde_jax import rng
 from sde_jax.data.preprocess import PREPROCESS
 from sde_jax.data.source import Source
-from sde_jax.data.folder_source import folder_source
-from sde_jax.data.spec import FOLDER_DATASET, TFRECORD_DATASETS, PipelineSpec
+from sde_jax.data.spec import TFRECORD_DATASETS, PipelineSpec
 from sde_jax.data.streams import Batch, epochs, padded_batches, steps_per_epoch, stream_seeds
 from sde_jax.data.tf_runtime import load_tensorflow, pipeline_options, without_autograph
 from sde_jax.data.tfds_source import tfds_source
@@ -18,10 +17,8 @@ from sde_jax.data.tfrecord_source import tfrecord_source
 
 
 def get_source(data, spec: PipelineSpec) -> Source:
-  """The records of ``data.dataset``: TFRecords at ``data.tfrecords_path``, the images under
-  ``data.path``, or TFDS."""
-  if spec.dataset == FOLDER_DATASET:
-    return folder_source(data, spec)
+  """The records of ``data.dataset`` read with tf.data (not elastic): TFRecords at
+  ``data.tfrecords_path``, or a TFDS set prepared as TFRecord."""
   if spec.dataset in TFRECORD_DATASETS:
     return tfrecord_source(data.get('tfrecords_path'), spec)
   return tfds_source(data, spec)

@@ -19,12 +19,23 @@ def tfds_name(data) -> str:
   return f'{name}/{data.category}'
 
 
-def tfds_source(data, spec: PipelineSpec) -> Source:
-  """A TFDS data set (downloaded and prepared on first use, as the original does)."""
-  tf = load_tensorflow()  # first, so that the GPUs are hidden before anything can touch them
+def prepared_builder(data, spec: PipelineSpec):
+  """The TFDS builder of ``data.dataset``, downloaded and prepared on first use (as the original
+  does; as ArrayRecord, which has random access), and its ``{'train': ..., 'eval': ...}`` split
+  names."""
+  load_tensorflow()  # first, so that the GPUs are hidden before anything can touch them
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(tfds_name(data), data_dir=data.get('data_dir'))
+  builder = tfds.builder(tfds_name(data), data_dir=data.get('data_dir'),
+                         file_format='array_record')
   builder.download_and_prepare()
+  return builder, {'train': 'train', 'eval': TFDS_DATASETS[spec.dataset][1]}
+
+
+def tfds_source(data, spec: PipelineSpec) -> Source:
+  """A TFDS data set read with tf.data: the sets prepared as TFRecord (not elastic)."""
+  tf = load_tensorflow()
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder, _ = prepared_builder(data, spec)
 
   def read(split, file_seed, shard=True):
     if shard:

@@ -6,9 +6,8 @@ import dataclasses
 import math
 from typing import Iterator
 
-from sde_jax.data import arrays, tf_pipeline
-from sde_jax.data.digits import digits_split
-from sde_jax.data.spec import DIGITS_DATASETS, make_spec
+from sde_jax.data import pipeline, tf_pipeline
+from sde_jax.data.spec import make_spec
 from sde_jax.data.streams import Batch
 from sde_jax.data.toys import TOY_DATASETS
 
@@ -17,7 +16,9 @@ def whole_split(config, split: str, per_process: int,
                 dequantize: bool | None = False) -> tuple[int, Iterator[Batch]]:
   """Every example of the ``'train'`` or ``'eval'`` split once, in order, as zero-padded
   host-local batches with ``'mask'`` (as :func:`~sde_jax.data.get_dataset`'s eval split), and how
-  many batches each process gets.
+  many batches each process gets. For the elastic sets, global batch ``j`` is examples
+  ``[j G, (j + 1) G)`` of the split (``G = per_process * process_count``), the same at any
+  layout; each process reads its rows.
 
   The train split read this way (unshuffled, not repeated, nothing dropped) is what data-set
   statistics and bits/dim on the train split need; ``get_dataset`` only streams it for training.
@@ -39,10 +40,10 @@ def whole_split(config, split: str, per_process: int,
   if spec.dataset in TOY_DATASETS:
     raise ValueError(f'data.dataset={spec.dataset!r} is a 2-D toy set; evaluation jobs are for '
                      'image data sets (the toy sets have `sde-jax toy`).')
-  if spec.dataset in DIGITS_DATASETS:
-    x, y = digits_split(spec.dataset, spec.example_shape[0], split)
-    largest = math.ceil(len(x) / spec.process_count)
-    return math.ceil(largest / per_process), arrays.array_eval(x, y, spec)
+  examples, threads = pipeline.split_examples(config.data, spec, split)
+  if examples is not None:
+    from sde_jax.data import elastic  # pylint: disable=g-import-not-at-top
+    return elastic.eval_batches(examples, spec, threads=threads)
   source = tf_pipeline.get_source(config.data, spec)
   if split == 'train':
     source = dataclasses.replace(source, eval_split=source.train_split)
