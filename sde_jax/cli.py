@@ -1,6 +1,6 @@
 """The ``sde-jax`` command: ``sde-jax COMMAND --config CONFIG --workdir DIR [--config.a.b=v]``
 (``sde-jax compare --workdir DIR`` takes no config, ``sde-jax plan --config CONFIG --topology
-NAME`` no workdir).
+NAME`` no workdir, ``sde-jax convert-arrayrecord --records=GLOB --out=DIR`` neither).
 
 Flags only; each command calls one function.
 """
@@ -44,6 +44,11 @@ flags.DEFINE_bool('max_batch', False, 'plan: search the largest global batch of 
                   'that fits (one compile per candidate).')
 flags.DEFINE_list('programs', ['train', 'eval_loss', 'sample'], 'plan: the programs to compile '
                   '(train, eval_loss, sample, bpd, fid_features).')
+flags.DEFINE_string('records', None, 'convert-arrayrecord: TFRecord files (a path or glob) to '
+                    'write as ArrayRecord files under --out.')
+flags.DEFINE_string('tfds_dir', None, 'convert-arrayrecord: a TFDS set prepared as TFRecord (its '
+                    'version folder) to convert to ArrayRecord (in place, or under --out).')
+flags.DEFINE_string('out', None, 'convert-arrayrecord: the output folder.')
 flags.DEFINE_string('folder', None, 'inpaint, colorize: a folder of PNG / JPEG images to use '
                     'instead of the config\'s eval split.')
 
@@ -144,11 +149,27 @@ def _compare(config, workdir):
   print(compare.write_comparison(workdir))
 
 
+def _convert_arrayrecord(config, workdir):
+  del config, workdir  # converts files only
+  if (FLAGS.records is None) == (FLAGS.tfds_dir is None) or (FLAGS.records and not FLAGS.out):
+    raise app.UsageError('sde-jax convert-arrayrecord needs --records=GLOB --out=DIR, or '
+                         '--tfds_dir=DIR [--out=DIR].')
+  from sde_jax.jobs import convert_arrayrecord
+  if FLAGS.records:
+    for path in convert_arrayrecord.convert_records(FLAGS.records, FLAGS.out):
+      print(f'Wrote {path}')
+  else:
+    convert_arrayrecord.convert_tfds(FLAGS.tfds_dir, FLAGS.out)
+    print(f'Converted {FLAGS.tfds_dir} to ArrayRecord')
+
+
 COMMANDS = {'toy': _toy, 'import': _import, 'train': _train, 'sample': _sample, 'eval': _eval,
             'fid-stats': _fid_stats, 'compare': _compare, 'inpaint': _inpaint,
             'colorize': _colorize, 'train-classifier': _train_classifier,
-            'train-projection': _train_projection, 'plan': _plan}
+            'train-projection': _train_projection, 'plan': _plan,
+            'convert-arrayrecord': _convert_arrayrecord}
 NO_CONFIG = ('compare',)  # commands that need --workdir only
+NO_CONFIG_NOR_WORKDIR = ('convert-arrayrecord',)
 NO_WORKDIR = ('plan',)  # commands that need --config only
 
 
@@ -156,7 +177,9 @@ def _main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'Usage: sde-jax COMMAND --config CONFIG --workdir DIR; got '
                          f'{argv[1:]!r}; COMMAND is one of {sorted(COMMANDS)}.')
-  if argv[1] in NO_CONFIG:
+  if argv[1] in NO_CONFIG_NOR_WORKDIR:
+    pass
+  elif argv[1] in NO_CONFIG:
     if FLAGS.workdir is None:
       raise app.UsageError(f'sde-jax {argv[1]} needs --workdir.')
   elif argv[1] in NO_WORKDIR:

@@ -168,6 +168,19 @@ def tiny_inception_options() -> dict:
               image_size=_runlocal.EVAL['inception_image_size'])
 
 
+def write_progressive_gan_records(path, images) -> None:
+  """uint8 images (N, H, W, C) as TFRecords of the progressive-GAN dataset tool (FFHQ,
+  CelebA-HQ): 'shape' int64 (C, H, W), 'data' the CHW bytes."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for image in images:
+      chw = image.transpose(2, 0, 1)
+      example = tf.train.Example(features=tf.train.Features(feature={
+          'shape': tf.train.Feature(int64_list=tf.train.Int64List(value=chw.shape)),
+          'data': tf.train.Feature(bytes_list=tf.train.BytesList(value=[chw.tobytes()]))}))
+      writer.write(example.SerializeToString())
+
+
 def event_scalars(data: bytes, tag: str) -> dict[int, float]:
   """``{step: value}`` of the scalar ``tag`` in the bytes of a TensorBoard event file."""
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top

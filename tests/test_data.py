@@ -10,12 +10,12 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from configs import default_celeba_configs, default_cifar10_configs, default_lsun_configs
 from sde_jax import data
 from sde_jax.data import preprocess
+from tests.helpers import write_progressive_gan_records
 
 NUM_MOCK = 10  # examples per split under tfds.testing.mock_data
 
@@ -180,21 +180,11 @@ def test_lsun_128_shorter_side_then_central_crop():
 
 # --- FFHQ / CelebA-HQ TFRecords ----------------------------------------------------------------
 
-def _write_records(path, images):
-  with tf.io.TFRecordWriter(str(path)) as writer:
-    for image in images:
-      chw = np.transpose(image, (2, 0, 1))
-      example = tf.train.Example(features=tf.train.Features(feature={
-          'shape': tf.train.Feature(int64_list=tf.train.Int64List(value=chw.shape)),
-          'data': tf.train.Feature(bytes_list=tf.train.BytesList(value=[chw.tobytes()]))}))
-      writer.write(example.SerializeToString())
-
-
 @pytest.fixture(name='records')
 def _records(tmp_path):
   images = np.random.default_rng(0).integers(0, 256, (11, 8, 8, 3), dtype=np.uint8)
   path = tmp_path / 'r03.tfrecords'
-  _write_records(path, images)
+  write_progressive_gan_records(path, images)
   return str(path), images
 
 
