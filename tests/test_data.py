@@ -134,14 +134,14 @@ def test_tfds_reads_this_process_rows_only(monkeypatch):
   """Process 1 of 2 reads rows [2, 4) of each global batch of 4 from the data source, never
   process 0's (Grain reads ahead: those of the next steps too); within one epoch of 1000."""
   from sde_jax.data import random_access  # pylint: disable=g-import-not-at-top
-  read, getitem = [], random_access.Examples.__getitem__
+  read, batch = [], random_access.Examples.batch
   config = _image_config(default_cifar10_configs)
   with tfds.testing.mock_data(num_examples=1000):
-    monkeypatch.setattr(random_access.Examples, '__getitem__',
-                        lambda self, i: read.append(int(i)) or getitem(self, i))
+    monkeypatch.setattr(random_access.Examples, 'batch',
+                        lambda self, i: read.extend(np.asarray(i).tolist()) or batch(self, i))
     first = next(data.get_dataset(config, 'train', batch_size=2, process_index=1,
                                   process_count=2))
-    monkeypatch.setattr(random_access.Examples, '__getitem__', getitem)
+    monkeypatch.setattr(random_access.Examples, 'batch', batch)
     whole = _take(data.get_dataset(config, 'train', batch_size=4, process_index=0,
                                    process_count=1), 200)
   own = {int(i) for b in whole for i in b['index'][2:]}

@@ -184,3 +184,44 @@ def test_convert_arrayrecord_round_trip_and_elastic_read(tmp_path):
   np.testing.assert_allclose(real, images / 255, atol=1e-6)
   assert _ids(evals).ravel().tolist() == list(range(13)) + [-1, -1, -1]
   _assert_same_everywhere(config)
+
+
+def test_draws_depend_on_the_counter_only():
+  """Flips and noise of a position, drawn for a whole batch, equal those drawn alone (runs of
+  consecutive counters are one call); each epoch's order is a fresh permutation."""
+  from sde_jax.data import elastic  # pylint: disable=g-import-not-at-top
+  counters = np.array([3, 4, 5, 9, 2])
+  batch = elastic.uniform_noise(11, counters, (2, 3, 1))
+  alone = np.concatenate([elastic.uniform_noise(11, counters[k:k + 1], (2, 3, 1))
+                          for k in range(5)])
+  np.testing.assert_array_equal(batch, alone)
+  assert batch.dtype == np.float32 and 0 <= batch.min() and batch.max() < 1
+  assert len({b.tobytes() for b in batch}) == 5
+  first, second = (elastic.epoch_permutation(11, e, 10) for e in (0, 1))
+  assert sorted(first) == sorted(second) == list(range(10)) and list(first) != list(second)
+  positions = np.array([8, 9, 10, 11])  # the end of epoch 0, the start of epoch 1
+  np.testing.assert_array_equal(elastic.stream_indices(11, positions, 10),
+                                [first[8], first[9], second[0], second[1]])
+
+
+def test_array_record_batch_is_one_read(tmp_path, monkeypatch):
+  """A process's rows of a step are read with one ``__getitems__`` call, never record by
+  record."""
+  import grain  # pylint: disable=g-import-not-at-top
+  from sde_jax.data import elastic  # pylint: disable=g-import-not-at-top
+  from sde_jax.jobs import convert_arrayrecord  # pylint: disable=g-import-not-at-top
+  images = np.random.default_rng(0).integers(0, 256, (13, 8, 8, 3), dtype=np.uint8)
+  write_progressive_gan_records(tmp_path / 'a.tfrecords', images)
+  (path,) = convert_arrayrecord.convert_records(f'{tmp_path}/a.tfrecords', f'{tmp_path}/ar')
+  monkeypatch.setattr(elastic, 'READ_THREADS', 0)
+  it = data.get_dataset(_config(dataset='FFHQ', image_size=8, tfrecords_path=path), 'train',
+                        batch_size=4, seed=SEED, process_index=1, process_count=2)
+  source, calls = grain.sources.ArrayRecordDataSource, []
+  getitems = source.__getitems__
+  monkeypatch.setattr(source, '__getitem__', lambda self, key: calls.append('one'))
+  monkeypatch.setattr(source, '__getitems__',
+                      lambda self, keys: calls.append(len(keys)) or getitems(self, keys))
+  batches = [next(it) for _ in range(3)]
+  assert calls == [4, 4, 4]
+  for batch in batches:
+    np.testing.assert_allclose(batch['image'], images[batch['index']] / 255, atol=1e-6)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -30,27 +31,43 @@ _IDENTITY_AT_SIZE = ('CIFAR10', 'SVHN', 'FFHQ', 'CelebAHQ')
 
 @dataclasses.dataclass(frozen=True)
 class Examples:
-  """``records[i]`` through ``decode`` (raw -> float32 image), with its label and index."""
+  """Random-access examples: ``records`` (an array, or a source with ``__getitems__``) read a
+  batch at a time, their images through ``decode`` (a list of raws -> float32 (n, H, W, C))."""
   records: Sequence[Any]
-  decode: Callable[[Any], np.ndarray]
-  labels: Sequence[int] | None = None
+  decode: Callable[[Sequence[Any]], np.ndarray]
+  labels: np.ndarray | None = None  # None: each record is a dict with its own 'label', if any
+  batched: bool = True  # read a batch's records with one ``__getitems__`` call, if it has one
+
+  def __post_init__(self):
+    if self.labels is not None:
+      object.__setattr__(self, 'labels', np.asarray(self.labels, np.int32))
 
   def __len__(self) -> int:
     return len(self.records)
 
-  def __getitem__(self, index: int) -> dict:
-    index = int(index)
-    record = self.records[index]
-    if self.labels is None:  # a TFDS example: a dict with its own label, if any
-      image, label = record['image'], record.get('label', 0)
+  def _read(self, indices: np.ndarray) -> Sequence[Any]:
+    if isinstance(self.records, np.ndarray):
+      return self.records[indices]
+    keys = indices.tolist()
+    if self.batched and hasattr(self.records, '__getitems__'):  # ArrayRecord: one call
+      return self.records.__getitems__(keys)
+    return [self.records[i] for i in keys]
+
+  def batch(self, indices: np.ndarray) -> dict:
+    """{'image': float32 (n, ...), 'label': int32 (n,), 'index': int64 (n,)} of ``indices``."""
+    indices = np.asarray(indices, np.int64)
+    raws = self._read(indices)
+    if self.labels is None:  # TFDS examples: dicts
+      images = [r['image'] for r in raws]
+      labels = np.asarray([r.get('label', 0) for r in raws], np.int32)
     else:
-      image, label = record, self.labels[index]
-    return {'image': self.decode(image), 'label': np.int32(label), 'index': np.int64(index)}
+      images, labels = raws, self.labels[indices]
+    return {'image': self.decode(images), 'label': labels, 'index': indices}
 
 
 def array_examples(x: np.ndarray, y: np.ndarray) -> Examples:
   """In-memory examples: ``x`` float32 (N, ...) as they are, ``y`` (N,) labels."""
-  return Examples(x, lambda image: image, y)
+  return Examples(np.asarray(x), lambda images: images, y)
 
 
 def _tf_preprocess(dataset: str, shape: tuple[int, ...], decode: Callable | None):
@@ -73,16 +90,17 @@ def _tf_preprocess(dataset: str, shape: tuple[int, ...], decode: Callable | None
 
 
 def image_decoder(spec: PipelineSpec, decode: Callable | None = None) -> Callable:
-  """uint8 (H, W, C) (or raw bytes, with a TensorFlow ``decode``) -> float32 ``example_shape``:
-  ``x / 255`` where the data set's preprocessing is the identity at that size, else TensorFlow's
-  preprocessing (the tf.data pipelines' functions)."""
+  """A list of uint8 (H, W, C) images (or raw bytes, with a TensorFlow ``decode``) -> float32
+  ``(n, *example_shape)``: ``x * (1 / 255)`` on the whole batch where the data set's
+  preprocessing is the identity at that size, else TensorFlow's preprocessing (the tf.data
+  pipelines' functions) image by image."""
   tf_fn = functools.cache(lambda: _tf_preprocess(spec.dataset, spec.example_shape, decode))
 
-  def to_float(image):
+  def to_float(images):
     if (decode is None and spec.dataset in _IDENTITY_AT_SIZE
-        and image.shape == spec.example_shape):
-      return image.astype(np.float32) * np.float32(1 / 255)
-    return tf_fn()(image)
+        and all(np.shape(image) == spec.example_shape for image in images)):
+      return np.multiply(np.stack(images), np.float32(1 / 255), dtype=np.float32)
+    return np.stack([tf_fn()(image) for image in images])
 
   return to_float
 
@@ -94,7 +112,7 @@ def _record_image(record: bytes) -> np.ndarray:
   features = example_pb2.Example.FromString(record).features.feature
   chw = tuple(features['shape'].int64_list.value)
   data = features['data'].bytes_list.value[0]
-  if len(chw) != 3 or len(data) != int(np.prod(chw)):
+  if len(chw) != 3 or len(data) != math.prod(chw):
     raise ValueError(f'A record with shape {chw} and {len(data)} bytes; expected a '
                      'progressive-GAN record (shape (C, H, W), C H W bytes).')
   return np.frombuffer(data, np.uint8).reshape(chw).transpose(1, 2, 0)
@@ -112,7 +130,8 @@ def record_examples(paths: Sequence[str], spec: PipelineSpec) -> Examples:
                      f'{spec.example_shape}: set data.image_size, or point data.tfrecords_path '
                      'at the records of that resolution.')
   decode = image_decoder(spec)
-  return Examples(source, lambda record: decode(_record_image(record)), [0] * len(source))
+  return Examples(source, lambda records: decode([_record_image(r) for r in records]),
+                  np.zeros(len(source), np.int32))
 
 
 def folder_examples(data, spec: PipelineSpec, split: str) -> Examples:
@@ -123,7 +142,8 @@ def folder_examples(data, spec: PipelineSpec, split: str) -> Examples:
   files = {'train': (splits.train, splits.train_labels), 'eval': (splits.eval, splits.eval_labels)}
   paths, labels = files[split]
   decode = image_decoder(spec, folder_source.decoder(splits.channels))
-  return Examples(paths, lambda path: decode(folder_source.read_file(path)), labels)
+  return Examples(paths, lambda batch: decode([folder_source.read_file(p) for p in batch]),
+                  labels)
 
 
 def tfds_examples(data, spec: PipelineSpec, split: str) -> Examples | None:
@@ -140,7 +160,9 @@ def tfds_examples(data, spec: PipelineSpec, split: str) -> Examples | None:
         'the same one). Convert it: sde-jax convert-arrayrecord --tfds_dir=%s', spec.dataset,
         builder.data_dir, builder.data_dir)
     return None
-  return Examples(source, image_decoder(spec))
+  # One record at a time: TFDS deserialises each example in Python anyway, and the batched read
+  # of tfds.testing.mock_data fails (its __getitems__ is set on a mock, without self).
+  return Examples(source, image_decoder(spec), batched=False)
 
 
 def elastic_examples(data, spec: PipelineSpec, split: str) -> Examples | None:
