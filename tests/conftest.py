@@ -41,12 +41,12 @@ def compilation_cache(tmp_path_factory):
 
 # The longest modules first (seconds measured on 2 cores: docs/benchmarks.md), so that the two
 # xdist workers (`--dist loadfile`) do not end with one of them running a long module alone.
-LONGEST_FIRST = ('test_train', 'test_precision', 'test_sampling', 'test_reference',
-                 'test_controllable', 'test_multihost', 'test_predict_project',
-                 'test_fast_samplers', 'test_evaluate', 'test_gcs', 'test_likelihood',
-                 'test_folder_data', 'test_plan', 'test_classifier', 'test_toy',
-                 'test_models_ddpm_ncsnv2', 'test_checkpoints', 'test_losses', 'test_sde',
-                 'test_data')
+LONGEST_FIRST = ('test_train', 'test_multihost', 'test_sampling', 'test_controllable', 'test_gcs',
+                 'test_precision', 'test_reference', 'test_predict_project', 'test_evaluate',
+                 'test_fast_samplers', 'test_folder_data', 'test_likelihood', 'test_classifier',
+                 'test_plan', 'test_models_ddpm_ncsnv2', 'test_checkpoints', 'test_toy',
+                 'test_nonfinite', 'test_cli', 'test_losses', 'test_sde', 'test_metrics_fid',
+                 'test_data', 'test_gaussian', 'test_inception', 'test_elastic')
 
 
 def pytest_collection_modifyitems(items):

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 import pytest
 
-from sde_jax import checkpoints, parallel, train
+from sde_jax import checkpoints, parallel, sampling, train
 from sde_jax import data as data_lib
 from sde_jax.score_model import ScoreModel
 from sde_jax.jobs import import_checkpoint
@@ -418,12 +418,19 @@ def import_config():
   return helpers.reference_config(**IMPORT_OVERRIDES)
 
 
-@pytest.mark.parametrize('sampler, described', [
-    ([], 'pc (reverse_diffusion + langevin, snr 0.16)'),
-    (['--config.sampling.method=heun', '--config.sampling.nfe=3', '--config.sampling.churn=0.5'],
-     'heun (nfe 3, churn 0.5)')])
-def test_sample_command_reads_an_imported_checkpoint(tmp_path, compilation_cache, sampler,
-                                                      described):
+def test_samplers_are_described_by_their_options():
+  config = import_config()
+  assert sampling.describe_from_config(config) == 'pc (reverse_diffusion + langevin, snr 0.16)'
+  config.sampling.update(method='heun', nfe=3, churn=0.5)
+  assert sampling.describe_from_config(config) == 'heun (nfe 3, churn 0.5)'
+
+
+def test_sample_command_reads_an_imported_checkpoint(tmp_path, compilation_cache):
+  """``sde-jax sample`` with a sampler other than the config's, from its flags. (The default PC
+  sampler reads the checkpoints of the tests above in this process.)"""
+  sampler = ['--config.sampling.method=heun', '--config.sampling.nfe=3',
+             '--config.sampling.churn=0.5']
+  described = 'heun (nfe 3, churn 0.5)'
   import_checkpoint.import_to_workdir(import_config(), str(PTH), str(tmp_path))
   cmd = [sys.executable, '-m', 'sde_jax.cli', 'sample',
          *helpers.reference_flags(**IMPORT_OVERRIDES), '--workdir', str(tmp_path),
@@ -442,11 +449,11 @@ def test_sample_command_reads_an_imported_checkpoint(tmp_path, compilation_cache
 # One end-to-end step on the TFDS pipelines (mock data).
 
 
-@pytest.mark.parametrize('relative', ['ve/cifar10_ncsnpp_continuous.py',
-                                      've/church_ncsnpp_continuous.py'])
-def test_one_step_under_tfds_mock_data(tmp_path, relative):
+def test_one_step_under_tfds_mock_data(tmp_path):
   """Train and eval pipelines, one step, its checkpoint and log; one resolution of 8 channels
-  at 8x8 (snapshots are tested above: here they would only add compile time)."""
+  at 8x8 (snapshots are tested above: here they would only add compile time). The other TFDS
+  sets' preprocessing (LSUN's crop, CelebA's) is tests/test_data.py's, under mock data too."""
+  relative = 've/cifar10_ncsnpp_continuous.py'
   import tensorflow_datasets as tfds
   config = helpers.tiny_config(
       relative, model=dict(attn_resolutions=(8,), num_scales=4),
