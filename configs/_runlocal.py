@@ -28,9 +28,11 @@ FAMILIES = {'ddpm': 'ddpm', 'ncsnpp': 'unet', 'ncsn': 'refinenet', 'ncsnv2_64': 
 # a chain, so that every predictor runs.
 NUM_SCALES = 25
 IMAGE_SIZE = 8
-# 12 steps of 8 examples, 2 per compiled call; a checkpoint every 2 steps (the last one kept)
-# and every 8th kept for good; logs every 2 steps, evaluation every 4.
-TRAINING = dict(batch_size=8, n_iters=12, n_jitted_steps=2, log_freq=2, eval_freq=4,
+# 12 steps of 8 examples, one per compiled call (XLA:CPU unrolls a call's steps, so each one
+# more costs compile time in every test that trains; tests/test_multihost.py and
+# tests/test_plan.py run several per call); a checkpoint every 2 steps (the last one kept) and
+# every 8th kept for good; logs every 2 steps, evaluation every 4.
+TRAINING = dict(batch_size=8, n_iters=12, n_jitted_steps=1, log_freq=2, eval_freq=4,
                 snapshot_freq=8, snapshot_freq_for_preemption=2, keep_last=1,
                 snapshot_sampling=False, snapshot_num_samples=8)
 # Evaluation on 8 examples, the FID Inception at 1/16 of its width on 75 px inputs (its

@@ -44,7 +44,8 @@ CASES = {
         ["sampling.method='bogus' is not known; expected one of ['adaptive_sde', "
          "'dpm_solver++', 'heun', 'ode', 'pc', 'predict_project']"]),
     'five at once': (
-        'train', DIGITS, dict(training=dict(batch_size=0, log_freq=3, sde='vxsde'),
+        'train', DIGITS, dict(training=dict(batch_size=0, n_jitted_steps=2, log_freq=3,
+                                            sde='vxsde'),
                               model=dict(name='unet'), data=dict(dataset='mnist')),
         ['5 bad config value(s)', 'training.batch_size=0',
          'training.log_freq=3; expected a positive multiple of training.n_jitted_steps=2',

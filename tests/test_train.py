@@ -41,7 +41,7 @@ def tiny_config(**training):
   """The digits DDPM++ shrunk by the test recipe (tests.helpers.tiny_config), at the recipe's
   25 noise scales; ``training`` overrides.
 
-  By default: 12 steps of 8 images, 2 per compiled call, a checkpoint every 2 steps (the last
+  By default: 12 steps of 8 images, 1 per compiled call, a checkpoint every 2 steps (the last
   one kept) plus every 8th kept for good; no warm-up, so the parameters move from step 1.
   (At 8 scales the VP chain's beta_N = 20 / 8 >= 1 made the reverse-diffusion + Langevin
   snapshots NaN; the start-up check now refuses it.)
@@ -250,8 +250,8 @@ def test_killed_job_resumes_with_the_same_data_and_randomness(tmp_path, referenc
 
 
 def test_sigterm_saves_the_current_step_and_stops(tmp_path, monkeypatch):
-  """SIGTERM while step 5's batch is read: steps 5-6 finish, step 6 is saved (off the cadence
-  of 4), the job returns, and the previous SIGTERM handler is back."""
+  """SIGTERM while step 5's batch is read, at 2 steps per compiled call: steps 5-6 finish, step 6
+  is saved (off the cadence of 4), the job returns, and the previous SIGTERM handler is back."""
   def sigterm_at_step_5(index, batch):
     if index == 4:
       os.kill(os.getpid(), signal.SIGTERM)
@@ -259,7 +259,8 @@ def test_sigterm_saves_the_current_step_and_stops(tmp_path, monkeypatch):
 
   patch_train_batches(monkeypatch, sigterm_at_step_5)
   before = signal.getsignal(signal.SIGTERM)
-  config = tiny_config(n_iters=16, snapshot_freq_for_preemption=4, keep_last=2, snapshot_freq=16)
+  config = tiny_config(n_iters=16, n_jitted_steps=2, snapshot_freq_for_preemption=4, keep_last=2,
+                       snapshot_freq=16)
   state = train_job.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 6
   assert steps_on_disk(tmp_path) == [4, 6]
@@ -351,7 +352,7 @@ def test_fsdp_must_divide_the_device_count(tmp_path):
 def test_periods_must_be_multiples_of_n_jitted_steps(tmp_path):
   with pytest.raises(ValueError, match='training.log_freq=3; expected a positive multiple of '
                                        'training.n_jitted_steps=2'):
-    train_job.train_and_evaluate(tiny_config(log_freq=3), str(tmp_path))
+    train_job.train_and_evaluate(tiny_config(n_jitted_steps=2, log_freq=3), str(tmp_path))
 
 
 def test_imported_checkpoint_cannot_be_resumed(tmp_path):
