@@ -27,7 +27,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
+
+from sde_jax import parallel
 
 Array = jax.Array
 SHOWN = 8  # the examples a report names
@@ -188,7 +189,7 @@ def _on_host(x) -> np.ndarray:
   devices of several (every process calls this for the same report, so the collective
   matches)."""
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return parallel.gather(x)
   return np.asarray(x)
 
 

@@ -6,7 +6,7 @@ from typing import Iterator, Sequence
 
 from absl import logging
 
-from sde_jax.data import arrays, tf_pipeline
+from sde_jax.data import arrays, elastic, random_access, tf_pipeline
 from sde_jax.data.digits import digits_split
 from sde_jax.data.spec import DIGITS_DATASETS, PipelineSpec, make_spec
 from sde_jax.data.streams import Batch
@@ -17,13 +17,11 @@ def split_examples(data, spec: PipelineSpec, split: str):
   """``(examples, read_threads)`` of ``split`` for the elastic pipeline
   (:mod:`sde_jax.data.random_access`), or ``(None, 0)`` where the data set has no random access
   (TFRecords, a TFDS set prepared as TFRecord)."""
-  from sde_jax.data import random_access  # pylint: disable=g-import-not-at-top  (imports grain)
   if spec.dataset in TOY_DATASETS:
     return random_access.array_examples(*arrays.toy_eval_points(spec)), 0
   if spec.dataset in DIGITS_DATASETS:
     return random_access.array_examples(*digits_split(spec.dataset, spec.example_shape[0],
                                                       split)), 0
-  from sde_jax.data import elastic  # pylint: disable=g-import-not-at-top
   return random_access.elastic_examples(data, spec, split), elastic.READ_THREADS
 
 
@@ -79,12 +77,10 @@ def get_dataset(config, split: str, *, batch_size: int, seed: int = 0, start_ste
   spec = make_spec(config, split, batch_size, seed, start_step, process_index, process_count,
                    uniform_dequantization)
   if spec.dataset in TOY_DATASETS and split == 'train':
-    from sde_jax.data import elastic  # pylint: disable=g-import-not-at-top
     return arrays.toy_train(spec, start_step, elastic.process_rows(spec, rows))
   examples, threads = split_examples(config.data, spec, split)
   if examples is None:
     return _tf_batches(config, spec, split, start_step, rows)
-  from sde_jax.data import elastic  # pylint: disable=g-import-not-at-top
   if split == 'train':
     return elastic.train_batches(examples, spec, start_step, rows, threads)
   return elastic.eval_batches(examples, spec, rows, threads)[1]
@@ -93,8 +89,7 @@ def get_dataset(config, split: str, *, batch_size: int, seed: int = 0, start_ste
 def _tf_batches(config, spec: PipelineSpec, split: str, start_step: int,
                 rows: Sequence[int] | None) -> Iterator[Batch]:
   """The tf.data pipelines (not elastic: this process's shard of the data set)."""
-  from sde_jax.data.elastic import process_rows as elastic_rows  # pylint: disable=g-import-not-at-top
-  if rows is not None and list(rows) != elastic_rows(spec, None):
+  if rows is not None and list(rows) != elastic.process_rows(spec, None):
     raise ValueError(f'rows={list(rows)[:8]}...: {spec.dataset} is read with tf.data, which '
                      'reads per-process shards, not rows of global batches; convert it to '
                      'ArrayRecord (sde-jax convert-arrayrecord).')

@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 
 from sde_jax.data.spec import FOLDER_DATASET, TFRECORD_DATASETS, PipelineSpec
+from sde_jax.data.tfrecord_source import check_record_shape
 
 ARRAY_RECORD_SUFFIX = '.array_record'
 # Data sets whose preprocessing is the identity on an image already at the configured size
@@ -124,11 +125,7 @@ def record_examples(paths: Sequence[str], spec: PipelineSpec) -> Examples:
   source = grain.sources.ArrayRecordDataSource(list(paths))
   if len(source) == 0:
     raise ValueError(f'{list(paths)} hold no records.')
-  shape = _record_image(source[0]).shape
-  if shape != spec.example_shape:
-    raise ValueError(f'The records of {paths[0]} are {shape} (H, W, C), but the config asks for '
-                     f'{spec.example_shape}: set data.image_size, or point data.tfrecords_path '
-                     'at the records of that resolution.')
+  check_record_shape(_record_image(source[0]).shape, paths[0], spec)
   decode = image_decoder(spec)
   return Examples(source, lambda records: decode([_record_image(r) for r in records]),
                   np.zeros(len(source), np.int32))

@@ -52,9 +52,14 @@ def _check_record_shape(files: list[str], spec: PipelineSpec) -> None:
   first = next(iter(tf.data.TFRecordDataset(files).take(1)), None)
   if first is None:
     raise ValueError(f'{files} hold no records.')
-  shape = tuple(decode_record(first).shape)
+  check_record_shape(tuple(decode_record(first).shape), files[0], spec)
+
+
+def check_record_shape(shape: tuple[int, ...], path: str, spec: PipelineSpec) -> None:
+  """Raises ValueError unless the records of ``path``, of image ``shape`` (H, W, C), are at the
+  config's resolution (they are stored at one and not resized)."""
   if shape != spec.example_shape:
-    raise ValueError(f'The records of {files[0]} are {shape} (H, W, C), but the config asks for '
+    raise ValueError(f'The records of {path} are {shape} (H, W, C), but the config asks for '
                      f'{spec.example_shape}: set data.image_size, or point data.tfrecords_path '
                      'at the records of that resolution.')
 

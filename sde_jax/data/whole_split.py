@@ -6,7 +6,7 @@ import dataclasses
 import math
 from typing import Iterator
 
-from sde_jax.data import pipeline, tf_pipeline
+from sde_jax.data import elastic, pipeline, tf_pipeline
 from sde_jax.data.spec import make_spec
 from sde_jax.data.streams import Batch
 from sde_jax.data.toys import TOY_DATASETS
@@ -42,7 +42,6 @@ def whole_split(config, split: str, per_process: int,
                      'image data sets (the toy sets have `sde-jax toy`).')
   examples, threads = pipeline.split_examples(config.data, spec, split)
   if examples is not None:
-    from sde_jax.data import elastic  # pylint: disable=g-import-not-at-top
     return elastic.eval_batches(examples, spec, threads=threads)
   source = tf_pipeline.get_source(config.data, spec)
   if split == 'train':
